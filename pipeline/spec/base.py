@@ -1,0 +1,138 @@
+"""The base of every spec model, the registries of tagged kinds, and small shared field types."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.spec.errors import did_you_mean
+
+
+class SpecModel(BaseModel):
+    """Strict: a misspelt key is an error, never a silently ignored setting."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=False,
+        validate_default=False,
+        use_attribute_docstrings=True,
+        populate_by_name=False,
+    )
+
+
+class Kind(SpecModel):
+    """A tagged variant: ``type`` says which one (a layer, an optimizer, a schedule...)."""
+
+    kind_group: ClassVar[str] = ""
+
+
+class Registry:
+    """Maps the ``type`` names of one group (layers, optimizers, ...) to their schema classes."""
+
+    def __init__(self, group: str):
+        self.group = group
+        self.kinds: dict[str, type[Kind]] = {}
+
+    def register(self, cls: type[Kind]) -> type[Kind]:
+        name = cls.model_fields["type"].default
+        if not isinstance(name, str):
+            raise TypeError(f"{cls.__name__}.type needs a default literal name")
+        if name in self.kinds:
+            raise ValueError(f"{self.group} kind '{name}' is registered twice")
+        cls.kind_group = self.group
+        self.kinds[name] = cls
+        return cls
+
+    def names(self) -> list[str]:
+        return sorted(self.kinds)
+
+    def union(self) -> Any:
+        """A discriminated union over every registered kind, for use as a field type."""
+        members = tuple(self.kinds.values())
+        if len(members) == 1:
+            return members[0]
+        return Annotated[
+            Union[members],  # noqa: UP007 - built from a runtime tuple
+            Field(discriminator="type"),
+        ]
+
+    def suggest(self, name: str, synonyms: dict[str, str] | None = None) -> str:
+        return did_you_mean(name, self.kinds, synonyms)
+
+
+LAYERS = Registry("layer")
+ACTIVATIONS = Registry("activation")
+INITIALIZERS = Registry("initializer")
+OPTIMIZERS = Registry("optimizer")
+SCHEDULES = Registry("schedule")
+TRANSFORMS = Registry("augmentation")
+NORMALIZERS = Registry("normalization")
+
+# Names users bring from Keras or PyTorch, mapped to ours; used only for did-you-mean.
+SYNONYMS: dict[str, str] = {
+    # layer kinds
+    "conv2D": "conv2d",
+    "conv": "conv2d",
+    "convolution2d": "conv2d",
+    "linear": "dense",
+    "fully_connected": "dense",
+    "fc": "dense",
+    "max_pooling2d": "max_pool2d",
+    "maxpool2d": "max_pool2d",
+    "maxpooling2d": "max_pool2d",
+    "average_pooling2d": "avg_pool2d",
+    "avgpool2d": "avg_pool2d",
+    "global_average_pooling2d": "global_avg_pool2d",
+    "global_max_pooling2d": "global_max_pool2d",
+    "batch_normalization": "batch_norm",
+    "batchnorm": "batch_norm",
+    "batchnorm2d": "batch_norm",
+    "batchnorm1d": "batch_norm",
+    "batch_norm2d": "batch_norm",
+    "batch_norm1d": "batch_norm",
+    "dropout2d": "spatial_dropout2d",
+    "swish": "silu",
+    "leakyrelu": "leaky_relu",
+    # field names
+    "kernel": "kernel_size",
+    "strides": "stride",
+    "dilation_rate": "dilation",
+    "use_bias": "bias",
+    "out_channels": "filters",
+    "out_features": "units",
+    "kernel_initializer": "kernel_init",
+    "bias_initializer": "bias_init",
+    "kernel_regularizer": "regularizer",
+    "kernel_constraint": "max_norm",
+    "p": "rate",
+    "learning_rate": "lr",
+    "negative_slope": "alpha",
+    "epsilon": "eps",
+    "beta_1": "betas",
+    "beta_2": "betas",
+    "alpha_rmsprop": "rho",
+    "input_size": "input_shape",
+    "n_epochs": "epochs",
+    "num_epochs": "epochs",
+    "validation_split": "validation",
+    "rotation_range": "degrees",
+    "shear_range": "degrees",
+    "zoom_range": "range",
+    "type_": "type",
+}
+
+
+PositiveInt = Annotated[int, Field(ge=1)]
+IntPair = PositiveInt | tuple[PositiveInt, PositiveInt]
+"""A positive int, or a [height, width] pair: an int applies to both, as in Keras and PyTorch."""
+
+
+def pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    """Normalise an :data:`IntPair` to (height, width)."""
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+PositiveFloat = Annotated[float, Field(gt=0.0)]
+NonNegativeFloat = Annotated[float, Field(ge=0.0)]

@@ -1,0 +1,317 @@
+"""Cross-field checks: rules no single field can enforce, each with its reason.
+
+A check is a function of the validated spec yielding problems; ``@check(name)`` registers it.
+Warnings can be silenced per spec with ``ignore_checks: [name]``; errors cannot.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from pipeline.spec.activations import activation_model
+from pipeline.spec.composite import ARCHS
+from pipeline.spec.errors import Problem
+from pipeline.spec.init import VarianceScaling, init_model
+from pipeline.spec.layers import WeightedLayer
+from pipeline.spec.shapes import LayerShapeError, infer_shapes, named_layers
+from pipeline.spec.spec import Spec
+from pipeline.spec.train import LayerRange
+
+CheckFn = Callable[[Spec], Iterator[Problem]]
+
+
+@dataclass(frozen=True)
+class CheckInfo:
+    name: str
+    fn: CheckFn
+    doc: str
+
+
+CHECKS: dict[str, CheckInfo] = {}
+
+
+def check(name: str) -> Callable[[CheckFn], CheckFn]:
+    def register(fn: CheckFn) -> CheckFn:
+        CHECKS[name] = CheckInfo(name, fn, (fn.__doc__ or "").strip())
+        return fn
+
+    return register
+
+
+def run_checks(spec: Spec) -> list[Problem]:
+    """Every check's problems, named by the check, minus the warnings the spec silences."""
+    out: list[Problem] = []
+    for info in CHECKS.values():
+        for problem in info.fn(spec):
+            problem.code = info.name
+            if problem.severity == "warning" and info.name in spec.ignore_checks:
+                continue
+            out.append(problem)
+    return out
+
+
+def _warn(message: str, path: tuple, hint: str | None = None) -> Problem:
+    return Problem(message, path, severity="warning", hint=hint)
+
+
+def _layers(spec: Spec) -> list[tuple[tuple, str, object]]:
+    return [(("model", "layers", *p), n, layer) for p, n, layer in named_layers(spec.model.layers)]
+
+
+def _activations(layer: object) -> list[str]:
+    if getattr(layer, "type", None) in {
+        "relu",
+        "selu",
+        "elu",
+        "leaky_relu",
+        "prelu",
+        "gelu",
+        "tanh",
+        "sigmoid",
+        "softmax",
+        "silu",
+        "rrelu",
+        "linear",
+    }:
+        return [layer.type]  # type: ignore[attr-defined]
+    act = activation_model(getattr(layer, "activation", None))
+    return [act.type] if act else []
+
+
+@check("shapes")
+def _shapes(spec: Spec) -> Iterator[Problem]:
+    """Every layer must accept the shape the previous one produces."""
+    shape = spec.model.resolved_input_shape()
+    if shape is None:
+        return
+    if len(shape) == 3 and shape[-1] in (1, 3) and shape[0] > 4:
+        yield Problem(
+            f"input_shape {list(shape)} looks channels-last",
+            ("model", "input_shape"),
+            hint=f"write it channels first: [{shape[-1]}, {shape[0]}, {shape[1]}]",
+        )
+        return
+    try:
+        infer_shapes(spec.model.layers, shape, path=("model", "layers"))
+    except LayerShapeError as err:
+        yield Problem(err.message, err.path, hint=err.hint)
+
+
+@check("input-matches-data")
+def _input_matches_data(spec: Spec) -> Iterator[Problem]:
+    """The model's input_shape must be what the data section produces."""
+    declared, produced = spec.model.resolved_input_shape(), spec.data.input_shape()
+    if declared is not None and produced is not None and declared != produced:
+        yield Problem(
+            f"input_shape {list(declared)} differs from the data's {list(produced)}",
+            ("model", "input_shape"),
+            hint="remove input_shape (it is taken from the data) or change data.image_size / "
+            "color_mode",
+        )
+
+
+@check("unique-layer-names")
+def _unique_names(spec: Spec) -> Iterator[Problem]:
+    """Layer names must be unique: freezing, reuse and checkpoints refer to layers by name."""
+    seen: dict[str, tuple] = {}
+    for path, name, _ in _layers(spec):
+        if name in seen:
+            yield Problem(f"layer name {name!r} is used twice", (*path, "name"))
+        seen[name] = path
+
+
+@check("output-matches-classes")
+def _output_units(spec: Spec) -> Iterator[Problem]:
+    """The last dense layer needs one unit per class (or one sigmoid unit for two classes)."""
+    n = spec.num_classes()
+    dense = [(p, layer) for p, _, layer in _layers(spec) if getattr(layer, "type", "") == "dense"]
+    if n is None or not dense:
+        return
+    path, last = dense[-1]
+    units = last.units  # type: ignore[attr-defined]
+    if units == n or (units == 1 and n == 2):
+        return
+    yield Problem(
+        f"the last dense layer has {units} units but the data has {n} classes",
+        (*path, "units"),
+        hint=f"use units: {n}" + (" (or 1 with a sigmoid for binary)" if n == 2 else ""),
+    )
+
+
+@check("selu-self-normalizing")
+def _selu(spec: Spec) -> Iterator[Problem]:
+    """SELU self-normalizes only with lecun_normal init, alpha dropout and a plain stack."""
+    layers = _layers(spec)
+    if not any("selu" in _activations(layer) for _, _, layer in layers):
+        return
+
+    def lecun(value: object) -> bool:
+        init = init_model(value)  # type: ignore[arg-type]
+        return (
+            isinstance(init, VarianceScaling)
+            and init.scale == 1.0
+            and init.mode == "fan_in"
+            and init.distribution != "uniform"
+        )
+
+    inherit = False
+    top = spec.model.layers
+    for path, _, layer in layers:
+        nxt = top[path[2] + 1] if len(path) == 3 and path[2] + 1 < len(top) else None
+        feeds_selu = "selu" in _activations(layer) or getattr(nxt, "type", "") == "selu"
+        if isinstance(layer, WeightedLayer) and feeds_selu:
+            if layer.kernel_init is None:
+                inherit = True
+            elif not lecun(layer.kernel_init):
+                yield _warn(
+                    "SELU needs lecun_normal weights to self-normalize",
+                    (*path, "kernel_init"),
+                    "set kernel_init: lecun_normal",
+                )
+        if getattr(layer, "type", "") == "dropout":
+            yield _warn(
+                "plain dropout breaks SELU's self-normalization",
+                (*path, "type"),
+                "use type: alpha_dropout",
+            )
+        if getattr(layer, "type", "") in ("residual", "batch_norm"):
+            yield _warn(
+                f"SELU self-normalizes only in a plain sequential stack, not with {layer.type}",
+                path,
+            )  # type: ignore[attr-defined]
+    if inherit and not lecun(spec.init.kernel):
+        yield _warn(
+            "SELU needs lecun_normal weights to self-normalize",
+            ("init", "kernel"),
+            "set init.kernel: lecun_normal",
+        )
+    if spec.data.normalize != "standardize":
+        yield _warn(
+            "SELU expects standardized inputs (mean 0, std 1)",
+            ("data", "normalize"),
+            "set data.normalize: standardize",
+        )
+
+
+@check("nesterov-needs-momentum")
+def _nesterov(spec: Spec) -> Iterator[Problem]:
+    """Nesterov momentum without momentum is plain SGD (PyTorch refuses it)."""
+    opt = spec.optimizer
+    if getattr(opt, "nesterov", False) and not getattr(opt, "momentum", 0):
+        yield Problem(
+            "nesterov needs momentum > 0", ("optimizer", "momentum"), hint="e.g. momentum: 0.9"
+        )
+
+
+@check("bias-before-batch-norm")
+def _bias_bn(spec: Spec) -> Iterator[Problem]:
+    """A bias right before batch norm is cancelled by its mean subtraction (beta replaces it)."""
+    layers = spec.model.layers
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, WeightedLayer) or not layer.bias:
+            continue
+        nxt = layers[i + 1] if i + 1 < len(layers) else None
+        direct = layer.batch_norm == "before" or (
+            layer.activation is None
+            and layer.batch_norm is None
+            and getattr(nxt, "type", "") == "batch_norm"
+        )
+        if direct:
+            yield _warn(
+                "this bias is redundant: batch norm right after it subtracts the mean",
+                ("model", "layers", i, "bias"),
+                "set bias: false",
+            )
+
+
+@check("adam-weight-decay")
+def _adam_wd(spec: Spec) -> Iterator[Problem]:
+    """Adam's weight_decay is an L2 term the adaptive step scales away; AdamW decouples it."""
+    if spec.optimizer.type == "adam" and spec.optimizer.weight_decay > 0:
+        yield _warn(
+            "adam with weight_decay is L2 regularization, weakened by the adaptive step",
+            ("optimizer", "weight_decay"),
+            "did you mean type: adamw?",
+        )
+
+
+@check("augment-train-only")
+def _augment_train_only(spec: Spec) -> Iterator[Problem]:
+    """Validation and test data are never augmented: they must measure the real images."""
+    for i, split in enumerate(spec.augment.apply_to):
+        if split != "train":
+            yield Problem(
+                f"{split} data is never augmented (it must measure real images)",
+                ("augment", "apply_to", i),
+                hint="apply_to: [train]",
+            )
+
+
+@check("monitor-needs-validation")
+def _monitor(spec: Spec) -> Iterator[Problem]:
+    """Monitoring a val_* metric needs a validation split."""
+    if spec.data.validation is not None:
+        return
+    watched = [(("train", "checkpoint", "monitor"), spec.train.checkpoint.monitor)]
+    if spec.train.early_stopping:
+        watched.append((("train", "early_stopping", "monitor"), spec.train.early_stopping.monitor))
+    if spec.schedule.type == "reduce_on_plateau":
+        watched.append((("schedule", "monitor"), spec.schedule.monitor))
+    for path, metric in watched:
+        if metric.startswith("val_"):
+            yield Problem(
+                f"{metric} needs a validation split",
+                path,
+                hint=f"add data.validation: {{fraction: 0.1}}, or monitor {metric[4:]}",
+            )
+
+
+@check("mc-dropout-needs-dropout")
+def _mc_dropout(spec: Spec) -> Iterator[Problem]:
+    """MC dropout samples dropout masks; a model without dropout gives identical samples."""
+    if spec.evaluate.mc_dropout is None:
+        return
+    kinds = {getattr(layer, "type", "") for _, _, layer in _layers(spec)}
+    if not kinds & {"dropout", "alpha_dropout", "spatial_dropout2d"}:
+        yield Problem("mc_dropout needs dropout layers in the model", ("evaluate", "mc_dropout"))
+
+
+@check("layer-selectors")
+def _selectors(spec: Spec) -> Iterator[Problem]:
+    """freeze/unfreeze/param_groups must name layers that exist."""
+    names = [name for _, name, _ in _layers(spec)]
+    for _, name, layer in _layers(spec):
+        if getattr(layer, "type", "") == "backbone":
+            sub = ARCHS[layer.arch].blocks  # type: ignore[attr-defined]
+            names += sub + [f"{name}.{s}" for s in sub]
+    count = len(spec.model.layers)
+    places: list[tuple[tuple, object]] = []
+    for i, sel in enumerate(spec.train.freeze):
+        places.append((("train", "freeze", i), sel))
+    for p, phase in enumerate(spec.train.phases):
+        for key in ("freeze", "unfreeze"):
+            for i, sel in enumerate(getattr(phase, key)):
+                places.append((("train", "phases", p, key, i), sel))
+    for g, group in enumerate(spec.optimizer.param_groups):
+        for i, sel in enumerate(group.layers):
+            places.append((("optimizer", "param_groups", g, "layers", i), sel))
+    for path, sel in places:
+        targets = [sel.from_, sel.before] if isinstance(sel, LayerRange) else [sel]
+        for target in targets:
+            if target is None:
+                continue
+            if isinstance(target, int):
+                if not -count <= target < count:
+                    yield Problem(
+                        f"layer index {target} is out of range (the model has {count} layers)", path
+                    )
+            elif not fnmatch.filter(names, target):
+                from pipeline.spec.errors import did_you_mean
+
+                yield Problem(
+                    f"no layer matches {target!r}",
+                    path,
+                    hint=did_you_mean(target, names) or f"layers: {', '.join(names)}",
+                )

@@ -1,0 +1,216 @@
+"""Layers made of layers: residual blocks, named blocks, pretrained backbones, reused models."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import PrivateAttr
+
+from pipeline.spec.activations import ActivationField
+from pipeline.spec.base import LAYERS, PositiveInt, SpecModel
+from pipeline.spec.layers import LayerBase, Shape, ShapeError, fmt, need_map
+
+
+@LAYERS.register
+class Residual(LayerBase):
+    """``out = activation(layers(x) + shortcut(x))`` (He et al.)."""
+
+    type: Literal["residual"] = "residual"
+    layers: list[LayerSpec]
+    """The residual branch."""
+    shortcut: Literal["identity", "projection", "auto"] = "auto"
+    """identity: x itself; projection: 1x1 conv + batch norm to the branch's shape; auto: identity
+    when the shapes agree, else projection."""
+    activation: ActivationField | None = None
+    """Applied after the sum."""
+
+    def output_shape(self, shape: Shape) -> Shape:
+        from pipeline.spec.shapes import infer_shapes
+
+        out = infer_shapes(self.layers, shape, path=())[-1] if self.layers else shape
+        if out != shape:
+            if self.shortcut == "identity":
+                raise ShapeError(
+                    f"residual shapes disagree: input {fmt(shape)}, branch output {fmt(out)}",
+                    "set shortcut: projection (or auto), or make the branch keep the shape",
+                )
+            if len(out) != len(shape):
+                raise ShapeError(
+                    f"a residual branch must keep the rank: input {fmt(shape)}, output {fmt(out)}"
+                )
+            if len(out) == 3 and (shape[1] % out[1] or shape[2] % out[2]):
+                raise ShapeError(
+                    f"projection needs the branch to divide the size evenly: {fmt(shape)} -> "
+                    f"{fmt(out)}"
+                )
+        return out
+
+    def projects(self, shape: Shape, out: Shape) -> bool:
+        return self.shortcut == "projection" or (self.shortcut == "auto" and out != shape)
+
+
+@LAYERS.register
+class Block(LayerBase):
+    """Insert the named block from ``model.blocks``, ``repeat`` times (expanded when loading)."""
+
+    type: Literal["block"] = "block"
+    block: str
+    """A key of ``model.blocks``."""
+    repeat: PositiveInt = 1
+
+
+def _halve(h: int) -> int:
+    return h // 2
+
+
+def _stride2(h: int) -> int:
+    # a 3x3 (or 7x7 padded 3) stride-2 conv/pool with padding: floor((h - 1) / 2) + 1
+    return (h - 1) // 2 + 1
+
+
+class Arch(SpecModel):
+    """What is known of a torchvision architecture without importing torch."""
+
+    channels: int
+    top_features: int = 1000
+    reductions: int
+    step: Literal["halve", "stride2"]
+    min_size: int
+    blocks: list[str]
+    """Names of the backbone's layers, in order, as freeze/unfreeze may name them."""
+
+    def out_hw(self, h: int) -> int:
+        fn: Callable[[int], int] = _halve if self.step == "halve" else _stride2
+        for _ in range(self.reductions):
+            h = fn(h)
+        return h
+
+
+def _vgg_names(convs: list[int]) -> list[str]:
+    names = []
+    for b, n in enumerate(convs, start=1):
+        names += [f"block{b}_conv{i}" for i in range(1, n + 1)] + [f"block{b}_pool"]
+    return names
+
+
+ARCHS: dict[str, Arch] = {
+    "vgg16": Arch(
+        channels=512, reductions=5, step="halve", min_size=32, blocks=_vgg_names([2, 2, 3, 3, 3])
+    ),
+    "vgg19": Arch(
+        channels=512, reductions=5, step="halve", min_size=32, blocks=_vgg_names([2, 2, 4, 4, 4])
+    ),
+    "resnet18": Arch(
+        channels=512,
+        reductions=5,
+        step="stride2",
+        min_size=32,
+        blocks=["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"],
+    ),
+    "resnet34": Arch(
+        channels=512,
+        reductions=5,
+        step="stride2",
+        min_size=32,
+        blocks=["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"],
+    ),
+    "resnet50": Arch(
+        channels=2048,
+        reductions=5,
+        step="stride2",
+        min_size=32,
+        blocks=["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"],
+    ),
+    "mobilenet_v2": Arch(
+        channels=1280,
+        reductions=5,
+        step="stride2",
+        min_size=32,
+        blocks=[f"features_{i}" for i in range(19)],
+    ),
+}
+
+
+class WeightsFile(SpecModel):
+    path: str
+    """A state dict saved by torch.save, loaded with weights_only=True."""
+
+
+@LAYERS.register
+class Backbone(LayerBase):
+    """A torchvision architecture as one layer (Keras's ``VGG16(include_top=False, ...)``)."""
+
+    type: Literal["backbone"] = "backbone"
+    arch: Literal[tuple(ARCHS)]  # type: ignore[valid-type]
+    weights: str | WeightsFile | None = None
+    """None: random init; a torchvision weights name (DEFAULT, IMAGENET1K_V1, ...) downloaded
+    on first use; or {path: file.pt}."""
+    include_top: bool = False
+    """Keep the ImageNet classifier (1000 outputs); false gives the convolutional base."""
+
+    def output_shape(self, shape: Shape) -> Shape:
+        c, h, w = need_map(f"backbone {self.arch}", shape)
+        arch = ARCHS[self.arch]
+        if c != 3:
+            raise ShapeError(
+                f"{self.arch} takes RGB input (3 channels), got {c}",
+                "set data.color_mode: rgb (grayscale images are repeated to 3 channels)",
+            )
+        if min(h, w) < arch.min_size:
+            raise ShapeError(
+                f"{self.arch} needs inputs of at least {arch.min_size}x{arch.min_size}, "
+                f"got {h}x{w}",
+                f"resize the images (data.image_size) to >= {arch.min_size}",
+            )
+        if self.include_top:
+            return (arch.top_features,)
+        return (arch.channels, arch.out_hw(h), arch.out_hw(w))
+
+
+@LAYERS.register
+class Reuse(LayerBase):
+    """Layers of an earlier experiment's model (the seeds' model_B_on_A): its spec says the
+    architecture, its checkpoint the weights."""
+
+    type: Literal["reuse"] = "reuse"
+    spec: str
+    """The earlier experiment's spec file, relative to this spec's file."""
+    upto: str | None = None
+    """Keep its layers up to and including this one (a layer name) ..."""
+    drop_last: int = 1
+    """... or else all but the last N layers (1 drops the old head)."""
+    checkpoint: str | None = None
+    """Weights to load; default: the earlier experiment's best checkpoint."""
+
+    _source: Any = PrivateAttr(default=None)  # the loaded Spec of ``spec``, set by the loader
+
+    def kept_layers(self) -> list[Any]:
+        if self._source is None:
+            raise ShapeError(f"the reused spec {self.spec!r} was not loaded")
+        layers = self._source.model.layers
+        names = self._source.model.layer_names()
+        if self.upto is not None:
+            if self.upto not in names:
+                raise ShapeError(
+                    f"{self.spec} has no layer {self.upto!r}", f"its layers: {', '.join(names)}"
+                )
+            return layers[: names.index(self.upto) + 1]
+        if not 0 <= self.drop_last < len(layers):
+            raise ShapeError(f"drop_last must be in [0, {len(layers) - 1}] for {self.spec}")
+        return layers[: len(layers) - self.drop_last]
+
+    def output_shape(self, shape: Shape) -> Shape:
+        from pipeline.spec.shapes import infer_shapes
+
+        src = self._source.model.resolved_input_shape() if self._source else None
+        if src is not None and tuple(src) != tuple(shape):
+            raise ShapeError(
+                f"{self.spec} was built for input {fmt(tuple(src))}, this model gives {fmt(shape)}"
+            )
+        kept = self.kept_layers()
+        return infer_shapes(kept, shape, path=())[-1] if kept else shape
+
+
+LayerSpec = LAYERS.union()
+Residual.model_rebuild()

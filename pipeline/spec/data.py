@@ -1,0 +1,279 @@
+"""The ``data`` and ``augment`` sections: where images come from, and how training batches vary."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from pipeline.spec.base import (
+    TRANSFORMS,
+    IntPair,
+    Kind,
+    NonNegativeFloat,
+    PositiveInt,
+    Probability,
+    SpecModel,
+)
+
+FASHION_CLASSES = [
+    "t_shirt_top", "trouser", "pullover", "dress", "coat",
+    "sandal", "shirt", "sneaker", "bag", "ankle_boot",
+]  # fmt: skip
+CIFAR10_CLASSES = [
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+]  # fmt: skip
+CIFAR100_CLASSES = [
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle",
+    "bottle", "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle",
+    "caterpillar", "cattle", "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch",
+    "crab", "crocodile", "cup", "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox",
+    "girl", "hamster", "house", "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard",
+    "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain", "mouse",
+    "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck",
+    "pine_tree", "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray",
+    "road", "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail",
+    "snake", "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank",
+    "telephone", "television", "tiger", "tractor", "train", "trout", "tulip", "turtle",
+    "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
+]  # fmt: skip
+
+# dataset -> (channels, height, width, class names); image_folder learns these in prepare.
+DATASETS: dict[str, tuple[int, int, int, list[str]]] = {
+    "mnist": (1, 28, 28, [str(d) for d in range(10)]),
+    "fashion_mnist": (1, 28, 28, FASHION_CLASSES),
+    "cifar10": (3, 32, 32, CIFAR10_CLASSES),
+    "cifar100": (3, 32, 32, CIFAR100_CLASSES),
+}
+
+
+def class_key(name: str | int) -> str:
+    """Class names compare loosely: 'T-shirt/top' == 't_shirt_top', 'Ankle boot' == 'ankle_boot'."""
+    return "".join(ch if ch.isalnum() else "_" for ch in str(name).lower()).strip("_")
+
+
+class ClassSelection(SpecModel):
+    """Keep some classes (in the order given: it sets the new label numbers) or drop some."""
+
+    keep: list[str | int] | None = None
+    """Classes to keep, by name or index; label i is the i-th listed (binary: the 2nd is 1)."""
+    drop: list[str | int] | None = None
+    """Classes to drop; the rest keep their order and are renumbered 0..n-1."""
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ClassSelection:
+        if (self.keep is None) == (self.drop is None):
+            raise ValueError("give exactly one of 'keep' or 'drop'")
+        return self
+
+
+class ValidationSplit(SpecModel):
+    """Validation data: a held-out fraction of the training split (stratified, seeded), its first
+    N samples, or (image_folder) a folder of its own."""
+
+    fraction: Annotated[float, Field(gt=0, lt=1)] | None = None
+    first: PositiveInt | None = None
+    """The first N training samples (the seeds' ``X_train_full[:5000]``)."""
+    path: str | None = None
+    """image_folder: a validation folder with the same class sub-folders."""
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ValidationSplit:
+        given = [k for k in ("fraction", "first", "path") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'fraction', 'first' or 'path'")
+        return self
+
+
+class Subset(SpecModel):
+    """Use fewer samples: at most N per class (the seeds' 2000 cats + 2000 dogs)."""
+
+    train_per_class: PositiveInt | None = None
+    test_per_class: PositiveInt | None = None
+
+
+class ExplicitNormalization(SpecModel):
+    """(x / 255 - mean) / std per channel, with given values."""
+
+    mean: list[float]
+    std: list[Annotated[float, Field(gt=0)]]
+
+
+class DataSection(SpecModel):
+    """Where the images come from and how they are prepared (the prepare stage reads only this)."""
+
+    dataset: Literal["mnist", "fashion_mnist", "cifar10", "cifar100", "image_folder"]
+    path: str | None = None
+    """image_folder: the training folder, one sub-folder per class (Keras flow_from_directory)."""
+    test_path: str | None = None
+    """image_folder: the test folder, same class sub-folders."""
+    mirror: str | None = None
+    """A local folder laid out like torchvision's ``root`` (no download); the environment
+    variable PIPELINE_DATA_MIRROR overrides it."""
+    download: bool = True
+    """Download from the dataset's home when no mirror has it (torchvision's download path)."""
+    image_size: IntPair | None = None
+    """Resize to [height, width] (image_folder's target_size; also resizes built-in datasets)."""
+    color_mode: Literal["grayscale", "rgb"] | None = None
+    """Default: the dataset's own (MNIST grayscale, CIFAR rgb); image_folder defaults to rgb."""
+    classes: ClassSelection | None = None
+    subset: Subset | None = None
+    validation: ValidationSplit | None = None
+    normalize: Literal["none", "rescale", "standardize"] | ExplicitNormalization = "rescale"
+    """rescale: x/255 in [0, 1]; standardize: then mean 0, std 1 per channel, computed on the
+    training split in prepare; or explicit {mean, std}."""
+    skip_corrupt: bool = False
+    """image_folder: skip unreadable images (counted in the metadata) instead of failing."""
+
+    @model_validator(mode="after")
+    def _folder_needs_path(self) -> DataSection:
+        if self.dataset == "image_folder" and not self.path:
+            raise ValueError("dataset image_folder needs 'path' (a folder of class sub-folders)")
+        if self.dataset != "image_folder" and (self.path or self.test_path):
+            raise ValueError(f"'path' and 'test_path' are for image_folder, not {self.dataset}")
+        return self
+
+    def channels(self) -> int | None:
+        if self.color_mode:
+            return 1 if self.color_mode == "grayscale" else 3
+        return DATASETS[self.dataset][0] if self.dataset in DATASETS else 3
+
+    def input_shape(self) -> tuple[int, ...] | None:
+        """(C, H, W) the model sees, when known before prepare."""
+        if self.image_size is not None:
+            h, w = (self.image_size,) * 2 if isinstance(self.image_size, int) else self.image_size
+            return (self.channels() or 3, h, w)
+        if self.dataset in DATASETS:
+            _, h, w, _ = DATASETS[self.dataset]
+            return (self.channels() or 1, h, w)
+        return None
+
+    def source_classes(self) -> list[str] | None:
+        return DATASETS[self.dataset][3] if self.dataset in DATASETS else None
+
+
+# ---- augmentation -------------------------------------------------------------------------
+
+Fill = Literal["constant", "nearest", "reflect"]
+
+
+class TransformBase(Kind):
+    p: Probability = 1.0
+    """Probability that a sample gets this transform (drawn per sample)."""
+
+
+class Geometric(TransformBase):
+    fill: Fill = "nearest"
+    """What shows where the image moved away: zeros, the nearest edge pixel (Keras's default), or
+    a reflection."""
+
+
+@TRANSFORMS.register
+class Rotation(Geometric):
+    """Rotate by a random angle in [-degrees, degrees] (Keras rotation_range)."""
+
+    type: Literal["rotation"] = "rotation"
+    degrees: Annotated[float, Field(gt=0, le=180)]
+
+
+@TRANSFORMS.register
+class Shift(Geometric):
+    """Translate by up to a fraction of the width/height (Keras width/height_shift_range)."""
+
+    type: Literal["shift"] = "shift"
+    width: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    height: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+@TRANSFORMS.register
+class Shear(Geometric):
+    """Shear by a random angle in [-degrees, degrees] (Keras shear_range is in degrees)."""
+
+    type: Literal["shear"] = "shear"
+    degrees: Annotated[float, Field(gt=0, lt=90)]
+
+
+@TRANSFORMS.register
+class Zoom(Geometric):
+    """Scale by a random factor in [1 - range, 1 + range] (Keras zoom_range)."""
+
+    type: Literal["zoom"] = "zoom"
+    range: Annotated[float, Field(gt=0, lt=1)]
+
+
+@TRANSFORMS.register
+class HorizontalFlip(TransformBase):
+    type: Literal["horizontal_flip"] = "horizontal_flip"
+    p: Probability = 0.5
+
+
+@TRANSFORMS.register
+class VerticalFlip(TransformBase):
+    type: Literal["vertical_flip"] = "vertical_flip"
+    p: Probability = 0.5
+
+
+@TRANSFORMS.register
+class ColorJitter(TransformBase):
+    """Random brightness/contrast/saturation factors in [1 - x, 1 + x]; hue shift in [-h, h]."""
+
+    type: Literal["color_jitter"] = "color_jitter"
+    brightness: NonNegativeFloat = 0.0
+    contrast: NonNegativeFloat = 0.0
+    saturation: NonNegativeFloat = 0.0
+    hue: Annotated[float, Field(ge=0, le=0.5)] = 0.0
+
+
+@TRANSFORMS.register
+class RandomCrop(TransformBase):
+    """Pad by ``padding`` pixels, then crop back to the original size at a random place."""
+
+    type: Literal["random_crop"] = "random_crop"
+    padding: Annotated[int, Field(ge=1)] = 4
+    fill: Fill = "constant"
+
+
+@TRANSFORMS.register
+class RandomErasing(TransformBase):
+    """Blank a random rectangle (Zhong et al.), area fraction in ``scale``."""
+
+    type: Literal["random_erasing"] = "random_erasing"
+    p: Probability = 0.5
+    scale: tuple[Probability, Probability] = (0.02, 0.33)
+    ratio: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (0.3, 3.3)
+    value: float = 0.0
+
+
+@TRANSFORMS.register
+class AutoAugment(TransformBase):
+    """torchvision's AutoAugment with a learned policy."""
+
+    type: Literal["auto_augment"] = "auto_augment"
+    policy: Literal["imagenet", "cifar10", "svhn"] = "imagenet"
+
+
+@TRANSFORMS.register
+class RandAugment(TransformBase):
+    type: Literal["rand_augment"] = "rand_augment"
+    num_ops: PositiveInt = 2
+    magnitude: Annotated[int, Field(ge=0, le=30)] = 9
+
+
+@TRANSFORMS.register
+class TrivialAugment(TransformBase):
+    type: Literal["trivial_augment"] = "trivial_augment"
+
+
+class AugmentSection(SpecModel):
+    """Random transforms of training batches, drawn per sample. Validation and test data are
+    never augmented."""
+
+    mode: Literal["online", "offline"] = "online"
+    """online: fresh random transforms every epoch; offline: generated once in prepare and
+    stored (``factor`` copies per image), cheaper per epoch but finite."""
+    factor: PositiveInt = 2
+    """offline: augmented copies stored per training image (the original is kept too)."""
+    apply_to: list[Literal["train", "validation", "test"]] = ["train"]
+    """Only 'train' is allowed; the field exists so the rule is stated and enforced."""
+    transforms: list[TRANSFORMS.union()] = []  # type: ignore[valid-type]
+    """Applied in order."""

@@ -1,0 +1,116 @@
+"""Located problems in a spec, and the one exception type that carries them all."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Severity = Literal["error", "warning"]
+PathPart = str | int
+
+
+@dataclass(frozen=True, order=True)
+class Mark:
+    """A position in a source file; line and column are 1-based, as editors count."""
+
+    file: str
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+def format_path(path: Sequence[PathPart]) -> str:
+    """Render a key path the way a user writes it: ``model.layers[3].filters``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "<top level>"
+
+
+@dataclass
+class Problem:
+    """One thing wrong (or suspicious) in a spec, with where it is and what would be valid."""
+
+    message: str
+    path: tuple[PathPart, ...] = ()
+    mark: Mark | None = None
+    severity: Severity = "error"
+    code: str = "invalid"
+    hint: str | None = None
+    source_line: str | None = field(default=None, compare=False)
+
+    @property
+    def where(self) -> str:
+        return str(self.mark) if self.mark else "<spec>"
+
+    def format(self, *, source: bool = True) -> str:
+        """Compiler-style text: ``file:line:col: error: key.path: message``, then the hint."""
+        text = f"{self.where}: {self.severity}: {format_path(self.path)}: {self.message}"
+        if self.hint:
+            text += f"\n    hint: {self.hint}"
+        if source and self.source_line is not None and self.mark is not None:
+            caret = " " * (self.mark.column - 1) + "^"
+            text += f"\n    | {self.source_line}\n    | {caret}"
+        return text
+
+    def as_dict(self) -> dict:
+        return {
+            "severity": self.severity,
+            "code": self.code,
+            "file": self.mark.file if self.mark else None,
+            "line": self.mark.line if self.mark else None,
+            "column": self.mark.column if self.mark else None,
+            "path": format_path(self.path),
+            "message": self.message,
+            "hint": self.hint,
+        }
+
+
+class SpecError(Exception):
+    """Every located error of a spec (or several specs), reported together."""
+
+    def __init__(self, problems: Iterable[Problem]):
+        self.problems = sorted(
+            problems, key=lambda p: (p.mark or Mark("", 0, 0), format_path(p.path))
+        )
+        super().__init__(self.format())
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    def format(self, *, source: bool = True) -> str:
+        n = len(self.errors)
+        head = f"{n} error{'s' if n != 1 else ''} in spec"
+        return head + "\n" + "\n".join(p.format(source=source) for p in self.problems)
+
+
+def did_you_mean(given: str, choices: Iterable[str], synonyms: dict[str, str] | None = None) -> str:
+    """A suggestion sentence for a misspelt or foreign name, or '' when nothing is close."""
+    choices = sorted(set(choices))
+    if synonyms and given in synonyms and synonyms[given] in choices:
+        return f"did you mean '{synonyms[given]}'? ('{given}' is what other frameworks call it)"
+    close = difflib.get_close_matches(given, choices, n=1, cutoff=0.6)
+    if not close:
+        lowered = {c.lower().replace("_", ""): c for c in choices}
+        key = given.lower().replace("_", "").replace("-", "")
+        if key in lowered:
+            close = [lowered[key]]
+    return f"did you mean '{close[0]}'?" if close else ""
+
+
+def source_line(file: str, line: int) -> str | None:
+    """The text of a 1-based line of a file, for showing under an error; None if unreadable."""
+    try:
+        lines = Path(file).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    return lines[line - 1] if 0 < line <= len(lines) else None

@@ -1,0 +1,141 @@
+"""The ``train`` and ``evaluate`` sections."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+
+from pipeline.spec.base import PositiveFloat, PositiveInt, SpecModel
+from pipeline.spec.optim import OptimizerSpec, ScheduleSpec
+
+
+class LayerRange(SpecModel):
+    """A run of layers in model order (backbone sub-layers included): ``{from: block5_conv1}``
+    is that layer and everything after it; ``{before: ...}`` everything before it."""
+
+    from_: str | int | None = Field(default=None, alias="from")
+    before: str | int | None = None
+
+
+LayerSelector = str | int | LayerRange
+"""A layer name or glob (``backbone_1``, ``block5_*``), a top-level index (``-1`` is the last),
+or a range."""
+
+
+def _monitor(value: str) -> str:
+    if value == "auto":
+        return value
+    if not re.fullmatch(r"(val_)?(loss|accuracy|top\d+_accuracy)", value):
+        raise ValueError(
+            f"unknown metric {value!r}; valid: loss, accuracy, topK_accuracy, each optionally "
+            "prefixed with val_ (e.g. val_loss, val_accuracy, val_top5_accuracy)"
+        )
+    return value
+
+
+class EarlyStopping(SpecModel):
+    """Stop when ``monitor`` has not improved for ``patience`` epochs."""
+
+    monitor: str = "val_loss"
+    mode: Literal["auto", "min", "max"] = "auto"
+    """auto: max for accuracy metrics, min for losses."""
+    patience: Annotated[int, Field(ge=0)] = 5
+    min_delta: Annotated[float, Field(ge=0)] = 0.0
+    restore_best: bool = True
+    """Finish with the weights of the best epoch, not the last."""
+
+    _check_monitor = field_validator("monitor")(_monitor)
+
+
+class Checkpoint(SpecModel):
+    """Which checkpoints to keep (written atomically; ``--resume`` continues from last)."""
+
+    monitor: str = "auto"
+    """auto: val_loss when there is a validation split, else loss."""
+    mode: Literal["auto", "min", "max"] = "auto"
+    best: bool = True
+    last: bool = True
+
+    _check_monitor = field_validator("monitor")(_monitor)
+
+
+class Phase(SpecModel):
+    """A stretch of training with its own frozen set and optimizer settings (the seeds' recipe:
+    train the new head on a frozen base, then unfreeze the top block with a lower rate)."""
+
+    name: str | None = None
+    epochs: PositiveInt
+    freeze: list[LayerSelector] = []
+    """Frozen during this phase (in addition to layers with trainable: false)."""
+    unfreeze: list[LayerSelector] = []
+    """Made trainable during this phase (overrides trainable: false and train.freeze)."""
+    lr: PositiveFloat | None = None
+    """The optimizer's learning rate for this phase."""
+    optimizer: OptimizerSpec | None = None  # type: ignore[valid-type]
+    """A different optimizer for this phase (state starts fresh)."""
+    schedule: ScheduleSpec | None = None  # type: ignore[valid-type]
+
+
+class TrainSection(SpecModel):
+    """How the model is trained (the train stage)."""
+
+    epochs: PositiveInt = 10
+    """Ignored when ``phases`` are given (each phase has its own)."""
+    batch_size: PositiveInt = 64
+    loss: Literal["auto", "cross_entropy", "binary_cross_entropy"] = "auto"
+    """auto: binary cross-entropy for one output unit, else cross-entropy; both on logits (a
+    final softmax/sigmoid layer is applied only at prediction, never twice)."""
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    top_k: list[Annotated[int, Field(ge=2)]] = []
+    """Also track top-k accuracy for these k."""
+    early_stopping: EarlyStopping | None = None
+    checkpoint: Checkpoint = Checkpoint()
+    freeze: list[LayerSelector] = []
+    """Layers not trained (Keras ``trainable = False``); their batch norm stays in eval mode."""
+    phases: list[Phase] = []
+    device: str = "auto"
+    """auto (cuda when present, else cpu), cpu, cuda, or cuda:N."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Mixed precision on CUDA (auto: bf16 where supported); CPU always trains in fp32."""
+    channels_last: Literal["auto"] | bool = "auto"
+    """Memory format for conv nets (auto: on, it is faster on CPU and CUDA)."""
+    compile: bool = False
+    """torch.compile the model (slower to start; on CPU it was slower for training)."""
+    deterministic: bool = False
+    """Deterministic algorithms (slower on CUDA); runs are seeded either way."""
+    drop_last: bool = False
+    """Drop the last incomplete batch of each epoch."""
+    diagnostics: bool = False
+    """Record per-layer activation mean/std and gradient norms every epoch."""
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+            raise ValueError(f"unknown device {value!r}; valid: auto, cpu, cuda, cuda:N, mps")
+        return value
+
+
+class MCDropout(SpecModel):
+    """Monte Carlo dropout (Gal and Ghahramani): average predictions with dropout active."""
+
+    samples: Annotated[int, Field(ge=2)] = 30
+
+
+class EvaluateSection(SpecModel):
+    """What the evaluate stage computes on the (never augmented) test split."""
+
+    batch_size: PositiveInt = 512
+    checkpoint: Literal["best", "last"] = "best"
+    top_k: list[Annotated[int, Field(ge=2)]] = []
+    per_class: bool = True
+    """Per-class precision, recall and F1."""
+    confusion_matrix: bool = True
+    mc_dropout: MCDropout | None = None
+    calibration_bins: Annotated[int, Field(ge=2)] = 15
+    """Bins of the expected calibration error."""
+    fold_batch_norm: bool = False
+    """Fold batch norm into the preceding conv/dense for inference (checked equal)."""
+    export: list[Literal["torchscript", "onnx"]] = []

@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/pipeline validate specs/mnist_convnet.yaml
-	$(BIN)/pipeline validate --resolved specs/mnist_convnet.yaml
+	$(BIN)/pipeline validate specs/mnist_convnet.yaml
+	$(BIN)/pipeline summary specs/mnist_convnet.yaml
 
 test: $(STAMP)
 	$(BIN)/ruff check pipeline tests

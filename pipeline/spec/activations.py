@@ -47,7 +47,8 @@ class PReLU(ActivationBase):
 
     type: Literal["prelu"] = "prelu"
     shared: bool = False
-    """One slope for the whole layer instead of one per channel/unit (Keras: one per unit)."""
+    """One slope for the whole layer instead of one per channel (dense: per unit, as Keras;
+    Keras gives feature maps one per element unless shared_axes is set)."""
     init: float = 0.25
     """Initial slope (PyTorch's default; Keras starts at 0)."""
 

@@ -151,7 +151,7 @@ class MultiStepSchedule(ScheduleBase):
 
 @SCHEDULES.register
 class PiecewiseConstantSchedule(ScheduleBase):
-    """values[i] while t < boundaries[i] (Keras PiecewiseConstantDecay); values are rates."""
+    """values[i] while t <= boundaries[i] (Keras PiecewiseConstantDecay); values are rates."""
 
     type: Literal["piecewise_constant"] = "piecewise_constant"
     boundaries: list[PositiveInt]

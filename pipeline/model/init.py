@@ -1,0 +1,119 @@
+"""Weight initialization: one function per initializer ``type``, fans computed as Keras does.
+
+Only conv2d and dense layers built from the spec (and residual projections) are initialized
+here; backbones and reused layers keep the weights they come with.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.model.errors import ModelBuildError
+from pipeline.spec.init import InitBase, init_model
+
+Initializer = Callable[[Any, torch.Tensor, torch.Generator], None]
+INITIALIZERS: dict[str, Initializer] = {}
+
+# Keras's truncated normal: the std of a unit normal cut at +-2 is this, so dividing by it keeps
+# the variance at scale/fan after truncation.
+TRUNCATED_STD = 0.87962566103423978
+
+
+def initializer(kind: str) -> Callable[[Initializer], Initializer]:
+    def register(fn: Initializer) -> Initializer:
+        INITIALIZERS[kind] = fn
+        return fn
+
+    return register
+
+
+def fans(tensor: torch.Tensor) -> tuple[int, int]:
+    """(fan_in, fan_out) like Keras: a conv kernel (out, in/groups, kh, kw) has fan_in =
+    in/groups * kh * kw and fan_out = out * kh * kw; a dense weight (out, in) has in and out;
+    a bias (n,) has n for both."""
+    if tensor.dim() < 2:
+        return tensor.numel(), tensor.numel()
+    receptive = math.prod(tensor.shape[2:])
+    return tensor.shape[1] * receptive, tensor.shape[0] * receptive
+
+
+def _normal(t: torch.Tensor, var: float, g: torch.Generator) -> None:
+    t.normal_(0.0, math.sqrt(var), generator=g)
+
+
+def _truncated_normal(t: torch.Tensor, var: float, g: torch.Generator) -> None:
+    std = math.sqrt(var) / TRUNCATED_STD
+    nn.init.trunc_normal_(t, 0.0, std, -2 * std, 2 * std, generator=g)
+
+
+def _uniform(t: torch.Tensor, var: float, g: torch.Generator) -> None:
+    limit = math.sqrt(3.0 * var)
+    t.uniform_(-limit, limit, generator=g)
+
+
+DISTRIBUTIONS: dict[str, Callable[[torch.Tensor, float, torch.Generator], None]] = {
+    "normal": _normal,
+    "truncated_normal": _truncated_normal,
+    "uniform": _uniform,
+}
+
+
+@initializer("variance_scaling")
+def _variance_scaling(init: Any, t: torch.Tensor, g: torch.Generator) -> None:
+    fan_in, fan_out = fans(t)
+    fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[init.mode]
+    DISTRIBUTIONS[init.distribution](t, init.scale / max(1.0, fan), g)
+
+
+@initializer("orthogonal")
+def _orthogonal(init: Any, t: torch.Tensor, g: torch.Generator) -> None:
+    if t.dim() < 2:
+        raise ModelBuildError("orthogonal initialization needs a matrix; it cannot init biases")
+    nn.init.orthogonal_(t, gain=init.gain, generator=g)
+
+
+@initializer("constant")
+def _constant(init: Any, t: torch.Tensor, g: torch.Generator) -> None:
+    t.fill_(init.value)
+
+
+@initializer("normal")
+def _plain_normal(init: Any, t: torch.Tensor, g: torch.Generator) -> None:
+    t.normal_(init.mean, init.std, generator=g)
+
+
+@initializer("uniform")
+def _plain_uniform(init: Any, t: torch.Tensor, g: torch.Generator) -> None:
+    t.uniform_(init.low, init.high, generator=g)
+
+
+@initializer("torch_default")
+def _torch_default(init: Any, t: torch.Tensor, g: torch.Generator) -> None:
+    """Keep what the module's constructor drew."""
+
+
+def apply_init(value: str | InitBase, tensor: torch.Tensor, generator: torch.Generator) -> None:
+    """Fill ``tensor`` in place with the initializer given by preset name or model."""
+    init = init_model(value)
+    fn = INITIALIZERS.get(init.type)
+    if fn is None:
+        raise ModelBuildError(f"no initializer for type {init.type!r}")
+    if tensor.is_meta:  # shapes only: nothing to fill
+        return
+    with torch.no_grad():
+        fn(init, tensor, generator)
+
+
+def init_weighted(core: nn.Module, layer: Any, build: Any) -> None:
+    """Initialize a conv/linear ``core`` of ``layer``: the layer's own kernel_init/bias_init
+    (kind defaults are already merged in by the loader), else the spec's ``init`` section."""
+    kernel = layer.kernel_init if layer.kernel_init is not None else build.spec.init.kernel
+    apply_init(kernel, core.weight, build.generator)
+    if core.bias is not None:
+        bias = layer.bias_init if layer.bias_init is not None else build.spec.init.bias
+        apply_init(bias, core.bias, build.generator)

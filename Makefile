@@ -24,11 +24,11 @@ run: $(STAMP)
 	$(BIN)/pipeline summary specs/mnist_convnet.yaml
 
 test: $(STAMP)
-	$(BIN)/ruff check pipeline tests
+	$(BIN)/ruff check pipeline tests benchmarks
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline tests
+	$(BIN)/ruff check pipeline tests benchmarks
 	$(BIN)/ruff format --check pipeline tests
 
 schema: $(STAMP)

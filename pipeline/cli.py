@@ -53,6 +53,39 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="exit 1 if they are out of date")
 
     sub.add_parser("checks", help="list the cross-field checks")
+
+    p = sub.add_parser("prepare", help="prepare the spec's data (a no-op when already prepared)")
+    p.add_argument("spec", type=Path)
+    _add_overrides(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--force", action="store_true", help="prepare again even if present")
+
+    p = sub.add_parser("train", help="train the spec's model (writes runs/<name>/)")
+    p.add_argument("spec", type=Path)
+    _add_overrides(p)
+    p.add_argument("--resume", action="store_true", help="continue from runs/<name>/last.pt")
+
+    p = sub.add_parser("lr-find", help="learning-rate range test: loss vs lr, a suggested lr")
+    p.add_argument("spec", type=Path)
+    _add_overrides(p)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("-o", "--output", type=Path, help="folder for lr_find.csv/.png")
+
+    p = sub.add_parser("schedule-preview", help="the planned learning rate per step, no training")
+    p.add_argument("spec", type=Path)
+    _add_overrides(p)
+    p.add_argument("-o", "--output", type=Path, help="folder for schedule.csv/.png")
+
+    p = sub.add_parser("diagnose", help="per-layer activations and gradients at initialization")
+    p.add_argument("spec", type=Path)
+    _add_overrides(p)
+    p.add_argument("-o", "--output", type=Path, help="also write the table as CSV here")
+
+    p = sub.add_parser("augment-preview", help="a PNG grid: originals and augmented versions")
+    p.add_argument("spec", type=Path)
+    _add_overrides(p)
+    p.add_argument("-o", "--output", type=Path, default=Path("augment_preview.png"))
+    p.add_argument("-n", type=int, default=8, help="images per row")
     return parser
 
 
@@ -175,13 +208,130 @@ def _checks(_: argparse.Namespace) -> int:
     return 0
 
 
+def _load(args: argparse.Namespace):
+    from pipeline.spec.load import load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    for p in spec.warnings:
+        print(p.format(), file=sys.stderr)
+    return spec
+
+
+def _out(args: argparse.Namespace, spec: object, what: str) -> Path:
+    from pipeline.train.loop import run_dir
+
+    return args.output or run_dir(spec) / what  # type: ignore[arg-type]
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from pipeline.data.prepare import prepare, report
+
+    spec = _load(args)
+    prepared = prepare(spec, force=args.force, progress=lambda m: print(m, file=sys.stderr))
+    print(report(prepared, as_json=args.json))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from pipeline.train.loop import train
+
+    result = train(_load(args), resume=args.resume)
+    print(f"trained {len(result.history)} epochs; best epoch {result.best_epoch}; "
+          f"outputs in {result.run_dir}")
+    return 0
+
+
+def _lr_find(args: argparse.Namespace) -> int:
+    from pipeline.data.prepare import prepare
+    from pipeline.train.explore import lr_find
+
+    spec = _load(args)
+    out = _out(args, spec, "lr_find")
+    found = lr_find(spec, prepare(spec), out, steps=args.steps)
+    print(f"suggested lr: {found['suggested_lr']:.3g} (steepest descent; loss was lowest at "
+          f"{found['min_loss_lr']:.3g}) after {found['steps']} steps; plot: {out}/lr_find.png")
+    return 0
+
+
+def _schedule_preview(args: argparse.Namespace) -> int:
+    import math
+
+    from pipeline.data.prepare import prepare
+    from pipeline.train.explore import schedule_preview
+
+    spec = _load(args)
+    n = len(prepare(spec).split("train")[1])
+    size = spec.train.batch_size
+    batches = n // size if spec.train.drop_last else math.ceil(n / size)
+    out = _out(args, spec, "schedule")
+    rows = schedule_preview(spec, out, steps_per_epoch=batches)
+    print(f"{len(rows)} steps ({batches} per epoch): lr from {rows[0]['lr']:.3g} to "
+          f"{rows[-1]['lr']:.3g}, max {max(r['lr'] for r in rows):.3g}; plot: {out}/schedule.png")
+    return 0
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    import csv
+
+    from pipeline.data.prepare import prepare
+    from pipeline.train.explore import diagnose
+
+    spec = _load(args)
+    rows = diagnose(spec, prepare(spec))
+    cols = ["layer", "act_mean", "act_std", "dead_fraction", "grad_norm"]
+    print(f"{'layer':24}{'act mean':>12}{'act std':>12}{'dead ReLU':>12}{'grad norm':>12}")
+    for r in rows:
+        cells = [f"{r[c]:12.4g}" if isinstance(r.get(c), float) else f"{'':12}" for c in cols[1:]]
+        print(f"{r['layer']:24}" + "".join(cells))
+    if args.output:
+        with args.output.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=cols)
+            writer.writeheader()
+            writer.writerows({c: r.get(c) for c in cols} for r in rows)
+    return 0
+
+
+def _augment_preview(args: argparse.Namespace) -> int:
+    from pipeline.data.augment import build_augment
+    from pipeline.data.prepare import prepare
+    from pipeline.data.preview import preview_grid
+
+    spec = _load(args)
+    augment = build_augment(spec.augment)
+    if augment is None:
+        print("the spec has no augmentation (augment.transforms is empty)", file=sys.stderr)
+        return 1
+    x, _ = prepare(spec).split("train")
+    preview_grid(x[: args.n], augment, args.output, n=args.n, seed=spec.seed)
+    print(f"wrote {args.output}")
+    return 0
+
+
 COMMANDS = {
     "validate": _validate,
     "summary": _summary,
     "schema": _schema,
     "docs": _docs,
     "checks": _checks,
+    "prepare": _prepare,
+    "train": _train,
+    "lr-find": _lr_find,
+    "schedule-preview": _schedule_preview,
+    "diagnose": _diagnose,
+    "augment-preview": _augment_preview,
 }
+
+# Errors a user can act on: their message is the whole story, a traceback would only hide it.
+_USER_ERRORS = {
+    "pipeline.data.sources": "DataError",
+    "pipeline.model.errors": "ModelBuildError",
+    "pipeline.train.loop": "TrainingDiverged",
+    "pipeline.train.checkpoint": "CheckpointError",
+}
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    return tuple(getattr(sys.modules[m], n) for m, n in _USER_ERRORS.items() if m in sys.modules)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,6 +343,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as err:
+        if isinstance(err, _user_errors()):
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":

@@ -50,13 +50,12 @@ class EarlyStopping(SpecModel):
 
 
 class Checkpoint(SpecModel):
-    """Which checkpoints to keep (written atomically; ``--resume`` continues from last)."""
+    """The best checkpoint (``last.pt`` is always written: ``--resume`` continues from it)."""
 
     monitor: str = "auto"
-    """auto: val_loss when there is a validation split, else loss."""
+    """auto: early stopping's monitor if set, else val_loss with a validation split, else loss."""
     mode: Literal["auto", "min", "max"] = "auto"
     best: bool = True
-    last: bool = True
 
     _check_monitor = field_validator("monitor")(_monitor)
 

@@ -1,0 +1,38 @@
+"""The data stage: read raw datasets, select classes and splits, write prepared arrays, batch them.
+
+Public API::
+
+    from pipeline.data import prepare, load_prepared, report, BatchLoader, DataError
+    prepared = prepare(spec)                       # data/prepared/<dataset>-<hash>/, atomic
+    train = BatchLoader.from_prepared(prepared, "train", 64, shuffle=True, seed=spec.seed)
+"""
+
+from __future__ import annotations
+
+from pipeline.data.loader import BatchLoader
+from pipeline.data.prepare import (
+    Prepared,
+    build_splits,
+    data_key,
+    load_prepared,
+    prepare,
+    prepared_dir,
+    report,
+)
+from pipeline.data.sources import DataError, RawData, cache_dir, dataset_root, read_source
+
+__all__ = [
+    "BatchLoader",
+    "DataError",
+    "Prepared",
+    "RawData",
+    "build_splits",
+    "cache_dir",
+    "data_key",
+    "dataset_root",
+    "load_prepared",
+    "prepare",
+    "prepared_dir",
+    "read_source",
+    "report",
+]

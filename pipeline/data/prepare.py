@@ -1,0 +1,346 @@
+"""The prepare stage: raw dataset -> selected, split, resized uint8 arrays in a stable folder.
+
+``data/prepared/<dataset>-<hash>/`` holds ``{train,val,test}_{x,y}.npy`` (images uint8 N,C,H,W;
+labels int64) and ``meta.json``. The hash covers only what changes the content: the data section
+(less ``mirror`` and ``download``) and the seed when a split or subset is drawn with it. The
+folder appears atomically (written beside it, then renamed), so a later stage never reads half
+of one; preparing again is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from pipeline.data import select as sel
+from pipeline.data.sources import DataError, RawData, folder_fingerprint, read_source
+from pipeline.spec.base import pair
+
+if TYPE_CHECKING:
+    from pipeline.spec.spec import Spec
+
+FORMAT = 1  # bump when the same data section would produce different arrays
+SPLITS = ("train", "val", "test")
+Array = torch.Tensor | np.ndarray
+
+
+@dataclass
+class Prepared:
+    """A prepared dataset: per split (x uint8 N,C,H,W, y int64 N), tensors or memmaps, and meta."""
+
+    root: Path
+    meta: dict[str, Any]
+    splits: dict[str, tuple[Array, torch.Tensor]]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.meta["image_shape"]
+        return (c, h, w)
+
+    @property
+    def mean(self) -> list[float]:
+        """Per channel, applied after /255 (see ``meta['normalization']``)."""
+        return list(self.meta["normalization"]["mean"])
+
+    @property
+    def std(self) -> list[float]:
+        return list(self.meta["normalization"]["std"])
+
+    def split(self, name: str) -> tuple[Array, torch.Tensor]:
+        """(x, y) of 'train', 'val' or 'test'; a DataError names the splits there are."""
+        if name not in self.splits:
+            raise DataError(f"{self.root} has no {name!r} split (it has {', '.join(self.splits)})")
+        return self.splits[name]
+
+
+# ---- where ---------------------------------------------------------------------------------
+
+
+def _uses_seed(spec: Spec) -> bool:
+    v, s = spec.data.validation, spec.data.subset
+    return (v is not None and v.fraction is not None) or (
+        s is not None and (s.train_per_class is not None or s.test_per_class is not None)
+    )
+
+
+def data_key(spec: Spec) -> str:
+    """Short hash of the data section's canonical JSON (defaults left out, so a new optional
+    field does not move every folder), its folders resolved, plus the seed when it draws."""
+    d = spec.data.model_dump(mode="json", exclude_defaults=True, exclude={"mirror", "download"})
+    for k in ("path", "test_path"):
+        if d.get(k):
+            d[k] = str(spec.path_of(d[k]))
+    if d.get("validation", {}).get("path"):
+        d["validation"]["path"] = str(spec.path_of(d["validation"]["path"]))
+    if _uses_seed(spec):
+        d["seed"] = spec.seed
+    d["format"] = FORMAT
+    text = json.dumps(d, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def prepared_dir(spec: Spec, out_root: str | Path = "data/prepared") -> Path:
+    """``<out_root>/<dataset>-<data_key>``: the folder ``prepare`` writes for this spec."""
+    return Path(out_root) / f"{spec.data.dataset}-{data_key(spec)}"
+
+
+def _fingerprints(spec: Spec) -> dict[str, str]:
+    """Image folders change without the spec changing: their listing is part of 'complete'."""
+    d = spec.data
+    folders = [d.path, d.test_path, d.validation.path if d.validation else None]
+    return {p: folder_fingerprint(spec.path_of(p)) for p in folders if p}
+
+
+def _complete(root: Path, key: str, fingerprints: dict[str, str]) -> bool:
+    try:
+        meta = json.loads((root / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if meta.get("format") != FORMAT or meta.get("key") != key:
+        return False
+    if any(meta["checksums"].get(p) != f for p, f in fingerprints.items()):
+        return False
+    files = meta.get("files", {})
+    return bool(files) and all(
+        (root / name).is_file() and (root / name).stat().st_size == size
+        for name, size in files.items()
+    )
+
+
+# ---- prepare -------------------------------------------------------------------------------
+
+
+def prepare(
+    spec: Spec,
+    out_root: str | Path = "data/prepared",
+    *,
+    force: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> Prepared:
+    """Prepare the spec's data under ``prepared_dir(spec, out_root)``; a no-op when it is there.
+
+    ``progress`` is called with a short message after each step (and each file written)."""
+    note = progress or (lambda _msg: None)
+    key = data_key(spec)
+    target = prepared_dir(spec, out_root)
+    fingerprints = _fingerprints(spec) if spec.data.dataset == "image_folder" else {}
+    if not force and _complete(target, key, fingerprints):
+        note(f"{target} is up to date")
+        return load_prepared(target)
+    source_classes = spec.data.source_classes()
+    if source_classes is not None:  # fail on a misspelt class before reading any data
+        sel.class_mapping(spec.data.classes, source_classes)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(target)
+    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    tmp.mkdir()
+    try:
+        raw = read_source(spec.data, spec.path_of)
+        note(
+            f"read {spec.data.dataset}: "
+            + ", ".join(f"{k} {len(y)}" for k, (_, y) in raw.splits.items())
+        )
+        splits, mapping = build_splits(raw, spec)
+        mean, std = sel.normalization(splits["train"][0], spec.data.normalize)
+        files = {}
+        for name, (x, y) in splits.items():
+            for suffix, arr in (("x", x), ("y", y)):
+                path = tmp / f"{name}_{suffix}.npy"
+                np.save(path, arr.numpy())
+                files[path.name] = path.stat().st_size
+                note(f"wrote {path.name}")
+        meta = _meta(spec, key, raw, splits, mapping, mean, std, files)
+        # meta.json last: its presence (with matching sizes) is what 'complete' means.
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+        note("wrote meta.json")
+        _install(tmp, target, key, fingerprints)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    note(f"prepared {target}")
+    return Prepared(target, meta, dict(splits))
+
+
+def build_splits(raw: RawData, spec: Spec) -> tuple[dict[str, sel.Split], list[int]]:
+    """Classes, then the validation split (of the selected training samples), then subsets of
+    train and test (validation is never cut), then colour and size. Returns the splits and,
+    per new label, its source class index."""
+    data = spec.data
+    if data.validation is not None and data.validation.path and data.dataset != "image_folder":
+        raise DataError(
+            f"validation.path is for image_folder; {data.dataset} takes "
+            "validation.fraction or validation.first"
+        )
+    mapping = sel.class_mapping(data.classes, raw.classes)
+    splits = {k: sel.select_classes(s, mapping, len(raw.classes)) for k, s in raw.splits.items()}
+    train, val = sel.split_validation(splits["train"], data, spec.seed)
+    splits["train"] = train
+    if val is not None:
+        splits["val"] = val
+    splits = sel.subsets(splits, data, spec.seed)
+    size = pair(data.image_size) if data.image_size is not None else None
+    out = {}
+    for name in SPLITS:
+        if name in splits:
+            x, y = splits[name]
+            out[name] = (sel.resize(sel.to_color(x, data.color_mode), size).contiguous(), y)
+    if len(out["train"][1]) == 0:
+        raise DataError("the training split is empty after class selection and subsets")
+    return out, mapping
+
+
+def _meta(
+    spec: Spec,
+    key: str,
+    raw: RawData,
+    splits: dict[str, sel.Split],
+    mapping: list[int],
+    mean: list[float],
+    std: list[float],
+    files: dict[str, int],
+) -> dict[str, Any]:
+    classes = [raw.classes[i] for i in mapping]
+    counts = {
+        name: dict(zip(classes, torch.bincount(y, minlength=len(classes)).tolist(), strict=True))
+        for name, (_, y) in splits.items()
+    }
+    normalize = spec.data.normalize
+    return {
+        "format": FORMAT,
+        "key": key,
+        "dataset": spec.data.dataset,
+        "classes": classes,
+        "source_classes": raw.classes,
+        "class_map": mapping,
+        "image_shape": list(splits["train"][0].shape[1:]),
+        "counts": counts,
+        "normalization": {
+            "mode": normalize if isinstance(normalize, str) else "explicit",
+            "mean": mean,
+            "std": std,
+            "applied": "(x / 255 - mean) / std, per channel",
+            "computed_on": "train" if normalize == "standardize" else None,
+        },
+        "checksums": {_short(spec, k): v for k, v in raw.checksums.items()},
+        "skipped_corrupt": {"count": sum(map(len, raw.skipped.values())), "files": raw.skipped},
+        "seed": spec.seed if _uses_seed(spec) else None,
+        # mirror and download change where the files come from, not what is in them.
+        "data": spec.data.model_dump(mode="json", exclude={"mirror", "download"}),
+        "files": files,
+    }
+
+
+def _short(spec: Spec, folder: str) -> str:
+    # Image folders are stored as the spec writes them, so meta.json is the same on any machine.
+    d = spec.data
+    for p in (d.path, d.test_path, d.validation.path if d.validation else None):
+        if p and str(spec.path_of(p)) == folder:
+            return p
+    return folder
+
+
+def _install(tmp: Path, target: Path, key: str, fingerprints: dict[str, str]) -> None:
+    try:
+        os.replace(tmp, target)  # atomic; fails if a non-empty target is there
+        return
+    except OSError:
+        pass
+    if _complete(target, key, fingerprints):  # a concurrent prepare got there first
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    old = target.parent / f".old-{target.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_stale(target: Path) -> None:
+    """Temp and replaced folders of prepares that were killed (their process is gone)."""
+    for prefix in (f".tmp-{target.name}-", f".old-{target.name}-"):
+        for path in target.parent.glob(prefix + "*"):
+            pid = path.name.removeprefix(prefix).split("-")[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ---- read back -----------------------------------------------------------------------------
+
+
+def load_prepared(
+    spec_or_dir: Spec | str | Path, out_root: str | Path = "data/prepared", *, mmap: bool = False
+) -> Prepared:
+    """A prepared folder (or the spec's); ``mmap=True`` maps the images instead of reading them
+    (labels are always read: 8 bytes a sample)."""
+    if isinstance(spec_or_dir, str | Path):
+        root = Path(spec_or_dir)
+    else:
+        root = prepared_dir(spec_or_dir, out_root)
+    try:
+        meta = json.loads((root / "meta.json").read_text())
+    except (OSError, ValueError) as err:
+        raise DataError(
+            f"{root} is not a prepared dataset (no readable meta.json): run "
+            "'pipeline prepare <spec>' first"
+        ) from err
+    splits: dict[str, tuple[Array, torch.Tensor]] = {}
+    for name in SPLITS:
+        if f"{name}_x.npy" not in meta.get("files", {}):
+            continue
+        x = np.load(root / f"{name}_x.npy", mmap_mode="r" if mmap else None)
+        y = torch.from_numpy(np.load(root / f"{name}_y.npy"))
+        splits[name] = (x if mmap else torch.from_numpy(x), y)
+    return Prepared(root, meta, splits)
+
+
+def report(prepared: Prepared, *, as_json: bool = False) -> str:
+    """Counts per class and split as a small table (or JSON)."""
+    counts = prepared.meta["counts"]
+    if as_json:
+        return json.dumps(
+            {
+                "root": str(prepared.root),
+                "classes": prepared.classes,
+                "image_shape": prepared.image_shape,
+                "counts": counts,
+                "normalization": prepared.meta["normalization"],
+                "skipped_corrupt": prepared.meta["skipped_corrupt"]["count"],
+            },
+            indent=1,
+        )
+    names = [s for s in SPLITS if s in counts]
+    width = max(len("class"), *(len(c) for c in prepared.classes))
+    lines = [
+        f"{prepared.root}  images {'x'.join(map(str, prepared.image_shape))}",
+        f"{'class':<{width}}" + "".join(f"{s:>9}" for s in names),
+    ]
+    for c in prepared.classes:
+        lines.append(f"{c:<{width}}" + "".join(f"{counts[s][c]:>9}" for s in names))
+    lines.append(f"{'total':<{width}}" + "".join(f"{sum(counts[s].values()):>9}" for s in names))
+    skipped = prepared.meta["skipped_corrupt"]["count"]
+    if skipped:
+        lines.append(f"skipped {skipped} corrupt image file(s)")
+    return "\n".join(lines)

@@ -1,0 +1,69 @@
+"""Losses and running metrics, computed on device without per-batch host syncs."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def loss_fn(kind: str, outputs: int, label_smoothing: float):
+    """Cross-entropy on logits for several outputs, binary cross-entropy on logits for one."""
+    if kind == "auto":
+        kind = "binary_cross_entropy" if outputs == 1 else "cross_entropy"
+    if kind == "binary_cross_entropy":
+        if outputs != 1:
+            raise ValueError(f"binary_cross_entropy needs one output unit, the model has {outputs}")
+
+        def bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            target = y.to(logits.dtype).view_as(logits)
+            if label_smoothing:
+                target = target * (1 - label_smoothing) + 0.5 * label_smoothing
+            return F.binary_cross_entropy_with_logits(logits, target)
+
+        return bce
+
+    def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+
+    return ce
+
+
+def predictions(logits: torch.Tensor) -> torch.Tensor:
+    """Class indices from logits (one output: the sign of the logit)."""
+    if logits.shape[1] == 1:
+        return (logits[:, 0] > 0).long()
+    return logits.argmax(dim=1)
+
+
+class RunningMetrics:
+    """Sums on the device; ``compute`` syncs once per epoch."""
+
+    def __init__(self, top_k: list[int], device: torch.device) -> None:
+        self.top_k = [k for k in top_k if k > 1]
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss = torch.zeros((), device=self.device, dtype=torch.float64)
+        self.correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        self.topk = torch.zeros(len(self.top_k), device=self.device, dtype=torch.int64)
+        self.count = 0
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
+        n = y.shape[0]
+        self.loss += loss.detach().double() * n
+        self.correct += (predictions(logits) == y).sum()
+        if self.top_k and logits.shape[1] > 1:
+            k_max = min(max(self.top_k), logits.shape[1])
+            top = logits.topk(k_max, dim=1).indices == y[:, None]
+            hits = torch.stack([top[:, :k].any(dim=1).sum() for k in self.top_k])
+            self.topk += hits
+        self.count += n
+
+    def compute(self, prefix: str = "") -> dict[str, float]:
+        n = max(self.count, 1)
+        out = {f"{prefix}loss": self.loss.item() / n, f"{prefix}accuracy": self.correct.item() / n}
+        for k, hits in zip(self.top_k, self.topk.tolist(), strict=True):
+            out[f"{prefix}top{k}_accuracy"] = hits / n
+        return out

@@ -65,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_overrides(p)
     p.add_argument("--resume", action="store_true", help="continue from runs/<name>/last.pt")
 
+    p = sub.add_parser("evaluate", help="test-split metrics of the trained model (metrics.json)")
+    p.add_argument("spec", type=Path)
+    _add_overrides(p)
+
     p = sub.add_parser("lr-find", help="learning-rate range test: loss vs lr, a suggested lr")
     p.add_argument("spec", type=Path)
     _add_overrides(p)
@@ -241,6 +245,16 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from pipeline.evaluate import evaluate
+
+    metrics = evaluate(_load(args))
+    for key, value in metrics.items():
+        if "/" not in key:
+            print(f"{key:24} {value:.4f}" if isinstance(value, float) else f"{key:24} {value}")
+    return 0
+
+
 def _lr_find(args: argparse.Namespace) -> int:
     from pipeline.data.prepare import prepare
     from pipeline.train.explore import lr_find
@@ -315,6 +329,7 @@ COMMANDS = {
     "checks": _checks,
     "prepare": _prepare,
     "train": _train,
+    "evaluate": _evaluate,
     "lr-find": _lr_find,
     "schedule-preview": _schedule_preview,
     "diagnose": _diagnose,

@@ -311,9 +311,10 @@ class Trainer:
                 self._save("best", optimizer, schedule, index)
         self._save("last", optimizer, schedule, index)  # always: --resume needs it
         self._write_history()
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in row.items()
-                          if isinstance(v, float) and k not in ("lr", "time_s"))
-        self.log(f"epoch {epoch + 1} [{row['phase']}] lr {lr:.3g} {shown} ({row['time_s']:.1f} s)")
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float)
+                          and k not in ("lr", "time_s", "train_images_per_s"))
+        self.log(f"epoch {epoch + 1} [{row['phase']}] lr {lr:.3g} {shown} "
+                 f"({row['time_s']:.1f} s, {row['train_images_per_s']:,.0f} img/s)")
         return row
 
     def _write_summary(self) -> None:

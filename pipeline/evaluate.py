@@ -1,0 +1,115 @@
+"""``evaluate``: the trained model on the (never augmented) test split.
+
+Writes ``runs/<name>/metrics.json`` (flat, for ``dvc metrics show``) and ``confusion.csv``
+(``actual,predicted`` rows, for DVC's confusion template).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.spec.spec import Spec
+
+
+def _probabilities(model: Any, x: torch.Tensor) -> torch.Tensor:
+    """Class probabilities, (N, classes) even for one sigmoid output."""
+    p = model.predict_proba(x).float()
+    return torch.cat([1 - p, p], dim=1) if p.shape[1] == 1 else p
+
+
+@torch.inference_mode()
+def collect(model: Any, loader: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities and labels over a loader, on the CPU."""
+    model.eval()
+    probs, labels = [], []
+    for x, y in loader:
+        probs.append(_probabilities(model, x).cpu())
+        labels.append(y.cpu())
+    return torch.cat(probs), torch.cat(labels)
+
+
+def metrics_from(probs: torch.Tensor, labels: torch.Tensor, classes: list[str], *,
+                 top_k: list[int], bins: int) -> tuple[dict[str, float], torch.Tensor]:
+    """Flat metrics and the confusion matrix (rows: actual, columns: predicted)."""
+    n, k = probs.shape
+    pred = probs.argmax(dim=1)
+    eps = torch.finfo(probs.dtype).tiny
+    out: dict[str, float] = {
+        "test_loss": float(-probs[torch.arange(n), labels].clamp_min(eps).log().mean()),
+        "test_accuracy": float((pred == labels).float().mean()),
+    }
+    for t in top_k:
+        if t < k:
+            hit = (probs.topk(t, dim=1).indices == labels[:, None]).any(dim=1)
+            out[f"test_top{t}_accuracy"] = float(hit.float().mean())
+    confusion = torch.bincount(labels * k + pred, minlength=k * k).view(k, k)
+    tp = confusion.diag().double()
+    precision = tp / confusion.sum(dim=0).clamp_min(1)
+    recall = tp / confusion.sum(dim=1).clamp_min(1)
+    f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
+    for i, name in enumerate(classes):
+        out[f"precision/{name}"] = float(precision[i])
+        out[f"recall/{name}"] = float(recall[i])
+        out[f"f1/{name}"] = float(f1[i])
+    out["macro_f1"] = float(f1.mean())
+    out["ece"] = expected_calibration_error(probs, labels, bins)
+    return out, confusion
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int) -> float:
+    """Sum over confidence bins of |accuracy - confidence| weighted by the bin's share."""
+    conf, pred = probs.max(dim=1)
+    correct = (pred == labels).double()
+    edges = torch.linspace(0, 1, bins + 1, dtype=conf.dtype)
+    which = torch.bucketize(conf, edges[1:-1], right=True)
+    total = torch.zeros(())
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            gap = (correct[mask].mean() - conf[mask].double().mean()).abs()
+            total = total + gap * mask.double().mean()
+    return float(total)
+
+
+def evaluate(spec: Spec, *, out: Path | None = None, prepared: Any = None) -> dict[str, float]:
+    """Evaluate the spec's best (or last) checkpoint on the test split; write the files."""
+    from pipeline import runtime
+    from pipeline.data.loader import BatchLoader
+    from pipeline.data.prepare import prepare
+    from pipeline.model.build import build_model
+    from pipeline.train import checkpoint as ckpt
+    from pipeline.train.loop import atomic_write, run_dir
+
+    runtime.tune_allocator()
+    out = out or run_dir(spec)
+    prepared = prepared or prepare(spec)
+    device = runtime.pick_device(spec.train.device)
+    model = build_model(spec, device=device, load_weights=False)
+    state = ckpt.load(out / "checkpoints" / f"{spec.evaluate.checkpoint}.pt", spec,
+                      map_location=device)
+    model.load_state_dict(state["model"])
+    loader = BatchLoader.from_prepared(prepared, "test", spec.evaluate.batch_size, device=device)
+    probs, labels = collect(model, loader)
+    top_k = sorted(set(spec.evaluate.top_k) | set(spec.train.top_k))
+    metrics, _ = metrics_from(probs, labels, prepared.classes, top_k=top_k,
+                              bins=spec.evaluate.calibration_bins)
+    if not spec.evaluate.per_class:
+        metrics = {k: v for k, v in metrics.items() if "/" not in k}
+    metrics["checkpoint_epoch"] = state["epoch"]
+    atomic_write(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    if spec.evaluate.confusion_matrix:
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["actual", "predicted"])
+        names = prepared.classes
+        writer.writerows((names[a], names[p]) for a, p in zip(labels.tolist(),
+                                                              probs.argmax(1).tolist(),
+                                                              strict=True))
+        atomic_write(out / "confusion.csv", buf.getvalue())
+    return metrics

@@ -1,0 +1,49 @@
+"""Evaluation metrics against hand-computed values, and the stage on a real trained model."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.evaluate import evaluate, expected_calibration_error, metrics_from
+
+
+def test_metrics_match_hand_computed_values():
+    # 4 samples, 3 classes; predictions: 0, 1, 1, 2; labels: 0, 1, 2, 2
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.5, 0.3], [0.1, 0.1, 0.8]])
+    labels = torch.tensor([0, 1, 2, 2])
+    m, confusion = metrics_from(probs, labels, ["a", "b", "c"], top_k=[2], bins=10)
+    assert m["test_accuracy"] == 0.75
+    assert m["test_top2_accuracy"] == 1.0
+    expected_loss = -(math.log(0.7) + math.log(0.8) + math.log(0.3) + math.log(0.8)) / 4
+    assert m["test_loss"] == pytest.approx(expected_loss)
+    assert confusion.tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
+    assert confusion.sum() == 4
+    assert (m["precision/b"], m["recall/b"]) == (0.5, 1.0)
+    assert (m["precision/c"], m["recall/c"]) == (1.0, 0.5)
+    assert m["f1/c"] == pytest.approx(2 / 3)
+
+
+def test_calibration_error_is_zero_when_confidence_equals_accuracy():
+    probs = torch.tensor([[0.5, 0.5]] * 4)
+    assert expected_calibration_error(probs, torch.tensor([0, 1, 0, 1]), 10) == pytest.approx(0)
+    sure = torch.tensor([[1.0, 0.0]] * 4)
+    assert expected_calibration_error(sure, torch.tensor([0, 0, 1, 1]), 10) == pytest.approx(0.5)
+
+
+def test_evaluate_writes_metrics_and_confusion_for_a_trained_model(tmp_path: Path, mirror,
+                                                                  monkeypatch):
+    from pipeline.spec import load_spec_text
+    from pipeline.train.loop import train
+    from tests.train.test_loop import CONVNET
+
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec_text(CONVNET.format(name="ev", per_class=300, epochs=1))
+    train(spec, log=lambda _m: None)
+    metrics = evaluate(spec)
+    saved = json.loads((tmp_path / "runs" / "ev" / "metrics.json").read_text())
+    assert saved["test_accuracy"] == metrics["test_accuracy"] > 0.9
+    rows = (tmp_path / "runs" / "ev" / "confusion.csv").read_text().splitlines()
+    assert rows[0] == "actual,predicted" and len(rows) == 1 + 500

@@ -143,14 +143,19 @@ def schedule_preview(spec: Spec, out: Path, *, steps_per_epoch: int) -> list[dic
     return rows
 
 
-def diagnose(spec: Spec, prepared: Any, *, batches: int = 1) -> list[dict[str, Any]]:
+def diagnose(spec: Spec, prepared: Any) -> list[dict[str, Any]]:
     """Per layer, on a real training batch at initialization: activation mean/std, the
     fraction of dead ReLU units (zero for the whole batch), and the weight-gradient norm."""
     model, loader, loss_fn, _ = _setup(spec, prepared)
-    model.train()
+    return layer_stats(model, loss_fn, next(iter(loader)))
+
+
+def layer_stats(model: nn.Module, loss_fn: Any, batch: tuple[torch.Tensor, torch.Tensor]
+                ) -> list[dict[str, Any]]:
+    """One forward/backward of ``batch`` in training mode, recording each top-level layer's
+    output statistics and weight-gradient norm; the model's own gradients are left untouched."""
     layers = dict(model.named_children())
     stats: dict[str, dict[str, float]] = {name: {} for name in layers}
-    hooks = []
 
     def record(name: str):
         def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
@@ -163,20 +168,24 @@ def diagnose(spec: Spec, prepared: Any, *, batches: int = 1) -> list[dict[str, A
                 s["dead_fraction"] = (units.amax(dim=1) <= 0).float().mean().item()
         return hook
 
-    for name, module in layers.items():
-        hooks.append(module.register_forward_hook(record(name)))
+    hooks = [m.register_forward_hook(record(name)) for name, m in layers.items()]
+    saved = {p: p.grad for p in model.parameters()}
+    was_training = model.training
+    model.train()
     try:
-        for i, (x, y) in enumerate(loader):
-            if i >= batches:
-                break
-            model.zero_grad(set_to_none=True)
-            loss_fn(model(x), y).backward()
+        for p in saved:
+            p.grad = None
+        x, y = batch
+        loss_fn(model(x), y).backward()
+        rows = []
+        for name, module in layers.items():
+            grads = [p.grad for p in module.parameters() if p.grad is not None]
+            norm = torch.stack([g.norm() for g in grads]).norm().item() if grads else None
+            rows.append({"layer": name, **stats[name], "grad_norm": norm})
     finally:
         for h in hooks:
             h.remove()
-    rows = []
-    for name, module in layers.items():
-        grads = [p.grad for p in module.parameters() if p.grad is not None]
-        grad_norm = torch.stack([g.norm() for g in grads]).norm().item() if grads else None
-        rows.append({"layer": name, **stats[name], "grad_norm": grad_norm})
+        for p, g in saved.items():
+            p.grad = g
+        model.train(was_training)
     return rows

@@ -79,6 +79,32 @@ def _better(value: float, best: float | None, mode: str, delta: float = 0.0) -> 
     return value < best - delta if mode == "min" else value > best + delta
 
 
+def offline_set(spec: Spec, prepared: Any, log: Log) -> tuple[Any, torch.Tensor]:
+    """Offline augmentation: the training images plus ``factor`` augmented copies of each,
+    generated once and stored beside the prepared data (keyed by it and the augment section)."""
+    import hashlib
+
+    import numpy as np
+
+    from pipeline.data.augment import offline_augment
+
+    key = hashlib.sha256((prepared.root.name + spec.augment.model_dump_json()
+                          + str(spec.seed)).encode()).hexdigest()[:8]
+    folder = prepared.root.parent / f"{prepared.root.name}-offline-{key}"
+    x, y = prepared.split("train")
+    labels = torch.as_tensor(np.asarray(y)).repeat(1 + spec.augment.factor)
+    if (folder / "train_x.npy").is_file():
+        return np.load(folder / "train_x.npy", mmap_mode="r"), labels
+    log(f"offline augmentation: {spec.augment.factor} augmented copies of each of {len(x)} "
+        f"training images, stored in {folder}")
+    images = offline_augment(torch.as_tensor(np.asarray(x)), spec.augment, spec.seed).numpy()
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    np.save(tmp / "train_x.npy", images)
+    os.replace(tmp, folder)
+    return images, labels
+
+
 class Trainer:
     """One training run of a spec. ``train()`` is the usual entry point."""
 
@@ -107,9 +133,15 @@ class Trainer:
         self.loss = self._loss_for(spec)
         self.constraints = L.constraints(self.model, spec)
         common = {"device": self.device, "memory_format": self.memory_format}
-        self.train_loader = BatchLoader.from_prepared(
-            prepared, "train", t.batch_size, shuffle=True, seed=spec.seed,
-            drop_last=t.drop_last, transform=build_augment(spec.augment), **common)  # fmt: skip
+        if spec.augment.mode == "offline" and spec.augment.transforms:
+            x, y = offline_set(spec, prepared, log)
+            self.train_loader = BatchLoader(
+                x, y, t.batch_size, shuffle=True, seed=spec.seed, drop_last=t.drop_last,
+                mean=prepared.mean, std=prepared.std, **common)  # fmt: skip
+        else:
+            self.train_loader = BatchLoader.from_prepared(
+                prepared, "train", t.batch_size, shuffle=True, seed=spec.seed,
+                drop_last=t.drop_last, transform=build_augment(spec.augment), **common)  # fmt: skip
         self.val_loader = (BatchLoader.from_prepared(prepared, "val", spec.evaluate.batch_size,
                                                      **common)
                            if "val" in prepared.splits else None)
@@ -302,6 +334,8 @@ class Trainer:
         row["time_s"] = round(time.perf_counter() - began, 3)
         row["train_images_per_s"] = round(self.train_loader.n / train_s, 1)
         schedule.after_epoch(row)
+        if self.spec.train.diagnostics:
+            self._diagnostics(epoch)
         s = self.state
         s.epoch = epoch + 1
         s.history.append(row)
@@ -316,6 +350,21 @@ class Trainer:
         self.log(f"epoch {epoch + 1} [{row['phase']}] lr {lr:.3g} {shown} "
                  f"({row['time_s']:.1f} s, {row['train_images_per_s']:,.0f} img/s)")
         return row
+
+    def _diagnostics(self, epoch: int) -> None:
+        """Per-layer activation/gradient statistics on one training batch, appended to
+        diagnostics.csv (the seeds' vanishing/exploding-gradient and dead-ReLU checks)."""
+        from pipeline.train.explore import layer_stats
+
+        rows = layer_stats(self.model, self.loss, next(iter(self.train_loader)))
+        path = self.out / "diagnostics.csv"
+        new = not path.is_file() or epoch == 0
+        with path.open("w" if new else "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["epoch", "layer", "act_mean", "act_std",
+                                                   "dead_fraction", "grad_norm"])
+            if new:
+                writer.writeheader()
+            writer.writerows({"epoch": epoch + 1, **r} for r in rows)
 
     def _write_summary(self) -> None:
         s = self.state

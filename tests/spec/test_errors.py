@@ -104,3 +104,15 @@ def test_python_tags_can_never_run_code(problems, tmp_path):
 def test_scientific_notation_is_a_number(write):
     spec = load_spec(write(BASE + "optimizer: {type: adam, lr: 1e-3}\n"))
     assert spec.optimizer.lr == pytest.approx(0.001)
+
+
+def test_folder_fields_on_a_builtin_dataset_are_errors(problems):
+    p = one(problems(BASE.replace("validation: {fraction: 0.1}", "validation: {path: v}")))
+    assert "for image_folder" in p.message and p.path == ("data",)
+
+
+def test_explicit_normalization_needs_one_value_per_channel(problems):
+    text = BASE.replace("validation:", "normalize: {mean: [0.1, 0.2], std: [0.3, 0.3]}, "
+                        "validation:")
+    p = one(problems(text))
+    assert "one mean and one std per channel (1)" in p.message

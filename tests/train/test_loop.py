@@ -161,3 +161,32 @@ def test_task_b_reuses_task_a(workdir):
     result = train(b, log=quiet)
     assert [r["phase"] for r in result.history] == ["head", "head", "all"]
     assert result.history[-1]["val_accuracy"] > 0.9
+
+
+def test_offline_augmentation_is_generated_once_and_stored(workdir):
+    s = spec(per_class=50, overrides=[
+        "augment={mode: offline, factor: 2, transforms: [{type: rotation, degrees: 10}]}"])
+    messages: list[str] = []
+    first = train(s, log=messages.append)
+    assert any("offline augmentation: 2 augmented copies" in m for m in messages)
+    stored = list((workdir / "data" / "prepared").glob("*-offline-*/train_x.npy"))
+    assert len(stored) == 1
+    import numpy as np
+
+    x = np.load(stored[0])
+    n = len(x) // 3
+    assert len(x) == 3 * n and not np.array_equal(x[:n], x[n: 2 * n])
+    again: list[str] = []
+    train(s, log=again.append)
+    assert not any("offline augmentation" in m for m in again)
+    assert first.history[0]["epoch"] == 1
+
+
+def test_diagnostics_are_recorded_every_epoch(workdir):
+    result = train(spec(per_class=50, epochs=2, overrides=["train.diagnostics=true"]),
+                   log=quiet)
+    rows = (workdir / "runs" / "t" / "diagnostics.csv").read_text().splitlines()
+    assert rows[0] == "epoch,layer,act_mean,act_std,dead_fraction,grad_norm"
+    layers = len(result.model._modules)
+    assert len(rows) == 1 + 2 * layers
+    assert {r.split(",")[0] for r in rows[1:]} == {"1", "2"}

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms import v2
 
+from pipeline.registry import Registry
 from pipeline.spec.data import (
     AugmentSection,
     ColorJitter,
@@ -156,15 +157,10 @@ class AffinePart:
 
 
 Built = Stage | AffinePart
-BUILDERS: dict[str, Callable[[Any], Built]] = {}
+BUILDERS: Registry[Callable[[Any], Built]] = Registry("augmentation")
 
 
-def register(name: str) -> Callable[[Callable[[Any], Built]], Callable[[Any], Built]]:
-    def deco(fn: Callable[[Any], Built]) -> Callable[[Any], Built]:
-        BUILDERS[name] = fn
-        return fn
-
-    return deco
+register = BUILDERS.register
 
 
 def _draw_rotation(t: Rotation, g: torch.Generator, n: int, h: int, w: int) -> Tensor:

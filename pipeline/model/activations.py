@@ -9,19 +9,13 @@ from typing import Any
 from torch import nn
 
 from pipeline.model.registry import LayerContext, builder
+from pipeline.registry import Registry
 from pipeline.spec.activations import ActivationBase, activation_model
 from pipeline.spec.layers import Shape
 
 ActivationFactory = Callable[[Any, Shape], nn.Module]
-ACTIVATIONS: dict[str, ActivationFactory] = {}
-
-
-def activation(kind: str) -> Callable[[ActivationFactory], ActivationFactory]:
-    def register(fn: ActivationFactory) -> ActivationFactory:
-        ACTIVATIONS[kind] = fn
-        return fn
-
-    return register
+ACTIVATIONS: Registry[ActivationFactory] = Registry("activation")
+activation = ACTIVATIONS.register
 
 
 def _simple(kind: str, cls: type[nn.Module]) -> None:

@@ -14,22 +14,18 @@ import torch
 from torch import nn
 
 from pipeline.model.errors import ModelBuildError
+from pipeline.registry import Registry
 from pipeline.spec.init import InitBase, init_model
 
 Initializer = Callable[[Any, torch.Tensor, torch.Generator], None]
-INITIALIZERS: dict[str, Initializer] = {}
+INITIALIZERS: Registry[Initializer] = Registry("initializer")
 
 # Keras's truncated normal: the std of a unit normal cut at +-2 is this, so dividing by it keeps
 # the variance at scale/fan after truncation.
 TRUNCATED_STD = 0.87962566103423978
 
 
-def initializer(kind: str) -> Callable[[Initializer], Initializer]:
-    def register(fn: Initializer) -> Initializer:
-        INITIALIZERS[kind] = fn
-        return fn
-
-    return register
+initializer = INITIALIZERS.register
 
 
 def fans(tensor: torch.Tensor) -> tuple[int, int]:

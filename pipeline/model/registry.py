@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from pipeline.model.errors import ModelBuildError
+from pipeline.registry import Registry
 from pipeline.spec.errors import PathPart
 from pipeline.spec.layers import Shape
 from pipeline.spec.shapes import infer_shapes
@@ -48,20 +49,9 @@ class LayerContext:
 
 
 Builder = Callable[[Any, LayerContext], nn.Module]
-BUILDERS: dict[str, Builder] = {}
-
-
-def builder(*kinds: str) -> Callable[[Builder], Builder]:
-    """Register ``fn`` as the builder of the given layer kinds (``type`` names)."""
-
-    def register(fn: Builder) -> Builder:
-        for kind in kinds:
-            if kind in BUILDERS:
-                raise ValueError(f"layer kind {kind!r} has two builders")
-            BUILDERS[kind] = fn
-        return fn
-
-    return register
+BUILDERS: Registry[Builder] = Registry("layer kind")
+builder = BUILDERS.register
+"""``@builder("conv2d", ...)``: the builder of the given layer kinds (``type`` names)."""
 
 
 def build_layer(layer: Any, ctx: LayerContext) -> nn.Module:

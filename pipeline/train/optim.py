@@ -7,19 +7,13 @@ from typing import Any
 
 import torch
 
+from pipeline.registry import Registry
 from pipeline.spec import optim as spec_optim
 
 Groups = list[dict[str, Any]]
 OptimizerFactory = Callable[[Groups, Any], torch.optim.Optimizer]
-OPTIMIZERS: dict[str, OptimizerFactory] = {}
-
-
-def optimizer(name: str) -> Callable[[OptimizerFactory], OptimizerFactory]:
-    def register(fn: OptimizerFactory) -> OptimizerFactory:
-        OPTIMIZERS[name] = fn
-        return fn
-
-    return register
+OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer")
+optimizer = OPTIMIZERS.register
 
 
 def _common(o: spec_optim.OptimizerBase) -> dict[str, Any]:

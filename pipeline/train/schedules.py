@@ -13,18 +13,12 @@ from typing import Any
 import torch
 from torch.optim import lr_scheduler
 
+from pipeline.registry import Registry
 from pipeline.spec import optim as s
 
 Factory = Callable[[Any, torch.optim.Optimizer, int], Any]
-SCHEDULERS: dict[str, Factory] = {}
-
-
-def scheduler(name: str) -> Callable[[Factory], Factory]:
-    def register(fn: Factory) -> Factory:
-        SCHEDULERS[name] = fn
-        return fn
-
-    return register
+SCHEDULERS: Registry[Factory] = Registry("schedule")
+scheduler = SCHEDULERS.register
 
 
 def _lambda(opt: torch.optim.Optimizer, factor: Callable[[int], float]) -> lr_scheduler.LambdaLR:

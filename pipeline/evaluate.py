@@ -63,6 +63,37 @@ def metrics_from(probs: torch.Tensor, labels: torch.Tensor, classes: list[str], 
     return out, confusion
 
 
+DROPOUTS = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.AlphaDropout,
+            torch.nn.FeatureAlphaDropout)
+
+
+@torch.inference_mode()
+def mc_dropout(model: Any, loader: Any, samples: int, seed: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Monte Carlo dropout (Gal and Ghahramani): ``samples`` forward passes with dropout active
+    and everything else, batch norm included, in inference mode. Returns the mean probabilities,
+    the per-sample spread (std over passes of the predicted class's probability), the labels."""
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, DROPOUTS):
+            m.train()
+    state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    means, spreads, labels = [], [], []
+    try:
+        for x, y in loader:
+            draws = torch.stack([_probabilities(model, x).cpu() for _ in range(samples)])
+            mean = draws.mean(dim=0)
+            pred = mean.argmax(dim=1)
+            spreads.append(draws[:, torch.arange(len(pred)), pred].std(dim=0))
+            means.append(mean)
+            labels.append(y.cpu())
+    finally:
+        torch.set_rng_state(state)
+        model.eval()
+    return torch.cat(means), torch.cat(spreads), torch.cat(labels)
+
+
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int) -> float:
     """Sum over confidence bins of |accuracy - confidence| weighted by the bin's share."""
     conf, pred = probs.max(dim=1)
@@ -88,8 +119,7 @@ def evaluate(spec: Spec, *, out: Path | None = None, prepared: Any = None) -> di
     from pipeline.train.loop import atomic_write, run_dir
 
     runtime.tune_allocator()
-    pending = [name for name, on in (("mc_dropout", spec.evaluate.mc_dropout is not None),
-                                     ("fold_batch_norm", spec.evaluate.fold_batch_norm),
+    pending = [name for name, on in (("fold_batch_norm", spec.evaluate.fold_batch_norm),
                                      ("export", bool(spec.evaluate.export))) if on]
     for name in pending:  # say so rather than pretend: these arrive with issue #5
         print(f"warning: evaluate.{name} is not implemented yet; skipped", file=sys.stderr)
@@ -107,6 +137,8 @@ def evaluate(spec: Spec, *, out: Path | None = None, prepared: Any = None) -> di
                               bins=spec.evaluate.calibration_bins)
     if not spec.evaluate.per_class:
         metrics = {k: v for k, v in metrics.items() if "/" not in k}
+    if spec.evaluate.mc_dropout is not None:
+        metrics |= _mc_metrics(spec, model, loader, prepared, out)
     metrics["checkpoint_epoch"] = state["epoch"]
     atomic_write(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     if spec.evaluate.confusion_matrix:
@@ -119,3 +151,27 @@ def evaluate(spec: Spec, *, out: Path | None = None, prepared: Any = None) -> di
                                                               strict=True))
         atomic_write(out / "confusion.csv", buf.getvalue())
     return metrics
+
+
+def _mc_metrics(spec: Spec, model: Any, loader: Any, prepared: Any, out: Path
+                ) -> dict[str, float]:
+    """MC-dropout metrics, and the most uncertain test samples (ids, JSON, an image grid)."""
+    from torchvision.utils import save_image
+
+    from pipeline.train.loop import atomic_write
+
+    samples = spec.evaluate.mc_dropout.samples  # type: ignore[union-attr]
+    mean, spread, labels = mc_dropout(model, loader, samples, spec.seed)
+    mc, _ = metrics_from(mean, labels, prepared.classes, top_k=[],
+                         bins=spec.evaluate.calibration_bins)
+    order = spread.argsort(descending=True)[:32]
+    names = prepared.classes
+    uncertain = [{"test_index": int(i), "label": names[int(labels[i])],
+                  "predicted": names[int(mean[i].argmax())], "spread": float(spread[i]),
+                  "probability": float(mean[i].max())} for i in order]
+    atomic_write(out / "mc_uncertain.json", json.dumps(uncertain, indent=2) + "\n")
+    x, _ = prepared.split("test")
+    images = torch.as_tensor(x[order.numpy()]).float() / 255
+    save_image(images, out / "mc_uncertain.png", nrow=8, pad_value=1.0)
+    return {"mc_test_accuracy": mc["test_accuracy"], "mc_test_loss": mc["test_loss"],
+            "mc_ece": mc["ece"], "mc_mean_spread": float(spread.mean())}

@@ -47,3 +47,46 @@ def test_evaluate_writes_metrics_and_confusion_for_a_trained_model(tmp_path: Pat
     assert saved["test_accuracy"] == metrics["test_accuracy"] > 0.9
     rows = (tmp_path / "runs" / "ev" / "confusion.csv").read_text().splitlines()
     assert rows[0] == "actual,predicted" and len(rows) == 1 + 500
+
+
+def _dropout_model(rate: float):
+    from pipeline.model.build import build_model
+    from pipeline.spec import load_spec_text
+
+    spec = load_spec_text(f"""\
+name: mc
+data: {{dataset: mnist}}
+model:
+  input_shape: [1, 4, 4]
+  layers:
+    - {{type: flatten}}
+    - {{type: dense, units: 32, activation: relu}}
+    - {{type: batch_norm}}
+    - {{type: dropout, rate: {rate}}}
+    - {{type: dense, units: 10, activation: softmax}}
+""", check=False)
+    return build_model(spec)
+
+
+def test_mc_dropout_with_rate_zero_equals_plain_prediction():
+    from pipeline.evaluate import collect, mc_dropout
+
+    model = _dropout_model(0.0)
+    batches = [(torch.rand(16, 1, 4, 4), torch.randint(0, 10, (16,)))]
+    plain, _ = collect(model, batches)
+    mean, spread, _ = mc_dropout(model, batches, samples=5, seed=0)
+    assert torch.allclose(mean, plain, atol=1e-6) and spread.abs().max() == 0
+
+
+def test_mc_dropout_spreads_and_keeps_batch_norm_in_inference_mode():
+    from pipeline.evaluate import mc_dropout
+
+    model = _dropout_model(0.5)
+    bn = model.batch_norm_1
+    before = bn.running_mean.clone()
+    batches = [(torch.rand(16, 1, 4, 4), torch.randint(0, 10, (16,)))]
+    mean, spread, _ = mc_dropout(model, batches, samples=20, seed=0)
+    assert (spread > 0).all() and torch.allclose(mean.sum(dim=1), torch.ones(16))
+    assert torch.equal(bn.running_mean, before) and not model.training
+    again, _, _ = mc_dropout(model, batches, samples=20, seed=0)
+    assert torch.equal(mean, again)

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,6 +78,21 @@ def _better(value: float, best: float | None, mode: str, delta: float = 0.0) -> 
     if best is None:
         return True
     return value < best - delta if mode == "min" else value > best + delta
+
+
+def _progress(loader: Any, label: str) -> Any:
+    """A rich progress bar on a terminal; the plain iterator (per-epoch log lines only) when
+    output goes to a file or CI log."""
+    if not sys.stderr.isatty() or os.environ.get("CI"):
+        return loader
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    def bar() -> Any:
+        columns = (label, BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, transient=True) as progress:
+            yield from progress.track(loader, total=len(loader))
+
+    return bar()
 
 
 def offline_set(spec: Spec, prepared: Any, log: Log) -> tuple[Any, torch.Tensor]:
@@ -194,7 +210,7 @@ class Trainer:
                     else contextlib.nullcontext())
         gen = torch.Generator(device=self.device).manual_seed(epoch_seed(self.spec.seed, epoch, 7))
         self.train_loader.generator = gen
-        for step, (x, y) in enumerate(self.train_loader):
+        for step, (x, y) in enumerate(_progress(self.train_loader, f"epoch {epoch + 1}")):
             with autocast:
                 logits = self.forward(x)
                 loss = self.loss(logits, y)

@@ -65,6 +65,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_overrides(p)
     p.add_argument("--resume", action="store_true", help="continue from runs/<name>/last.pt")
 
+    p = sub.add_parser("run", help="prepare, train and evaluate as one Prefect flow run")
+    p.add_argument("spec", type=Path)
+    _add_overrides(p)
+    p.add_argument("--resume", action="store_true")
+
     p = sub.add_parser("evaluate", help="test-split metrics of the trained model (metrics.json)")
     p.add_argument("spec", type=Path)
     _add_overrides(p)
@@ -245,6 +250,20 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    import os
+
+    # Telemetry off unless the user asked for it (shared/docs/orchestration.md).
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    _load(args)  # report spec errors here, located, before any flow run exists
+    from pipeline.flows import experiment_flow
+
+    metrics = experiment_flow(str(args.spec), args.overrides, resume=args.resume)
+    print(f"test_accuracy {metrics['test_accuracy']:.4f}")
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from pipeline.evaluate import evaluate
 
@@ -330,6 +349,7 @@ COMMANDS = {
     "prepare": _prepare,
     "train": _train,
     "evaluate": _evaluate,
+    "run": _run,
     "lr-find": _lr_find,
     "schedule-preview": _schedule_preview,
     "diagnose": _diagnose,

@@ -74,6 +74,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("spec", type=Path)
     _add_overrides(p)
 
+    p = sub.add_parser("export", help="TorchScript/ONNX files carrying classes and preprocessing")
+    p.add_argument("spec", type=Path)
+    _add_overrides(p)
+    p.add_argument("--format", dest="formats", action="append", choices=["torchscript", "onnx"],
+                   help="repeatable; default: evaluate.export, else torchscript")
+    p.add_argument("--fold", action="store_true", help="fold batch norm into conv/dense first")
+
+    p = sub.add_parser("predict", help="classify image files with a trained spec or an export")
+    p.add_argument("source", type=Path, help="a spec file, or an exported .pt/.onnx file")
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--mc-samples", type=int, default=0, help="MC dropout passes (spec only)")
+    p.add_argument("--json", action="store_true", help="print JSON lines")
+
     p = sub.add_parser("lr-find", help="learning-rate range test: loss vs lr, a suggested lr")
     p.add_argument("spec", type=Path)
     _add_overrides(p)
@@ -274,6 +287,32 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from pipeline.export import export_run
+
+    spec = _load(args)
+    formats = args.formats or list(spec.evaluate.export) or ["torchscript"]
+    written = export_run(spec, formats, fold=args.fold or spec.evaluate.fold_batch_norm)
+    for kind, path in written.items():
+        print(f"{kind:12} {path}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from pipeline.predict import predict_files
+
+    results = predict_files(args.source, args.images, mc_samples=args.mc_samples)
+    for r in results:
+        if args.json:
+            print(json.dumps(r, default=str))
+        elif r["error"]:
+            print(f"{r['file']}: error: {r['error']}", file=sys.stderr)
+        else:
+            spread = f" (spread {r['spread']:.3f})" if "spread" in r else ""
+            print(f"{r['file']}: {r['class']} {r['probability']:.3f}{spread}")
+    return 1 if any(r["error"] for r in results) else 0
+
+
 def _lr_find(args: argparse.Namespace) -> int:
     from pipeline.data.prepare import prepare
     from pipeline.train.explore import lr_find
@@ -350,6 +389,8 @@ COMMANDS = {
     "train": _train,
     "evaluate": _evaluate,
     "run": _run,
+    "export": _export,
+    "predict": _predict,
     "lr-find": _lr_find,
     "schedule-preview": _schedule_preview,
     "diagnose": _diagnose,
@@ -362,6 +403,8 @@ _USER_ERRORS = {
     "pipeline.model.errors": "ModelBuildError",
     "pipeline.train.loop": "TrainingDiverged",
     "pipeline.train.checkpoint": "CheckpointError",
+    "pipeline.export": "ExportError",
+    "pipeline.predict": "PredictError",
 }
 
 

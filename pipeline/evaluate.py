@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -119,10 +118,6 @@ def evaluate(spec: Spec, *, out: Path | None = None, prepared: Any = None) -> di
     from pipeline.train.loop import atomic_write, run_dir
 
     runtime.tune_allocator()
-    pending = [name for name, on in (("fold_batch_norm", spec.evaluate.fold_batch_norm),
-                                     ("export", bool(spec.evaluate.export))) if on]
-    for name in pending:  # say so rather than pretend: these arrive with issue #5
-        print(f"warning: evaluate.{name} is not implemented yet; skipped", file=sys.stderr)
     out = out or run_dir(spec)
     prepared = prepared or prepare(spec)
     device = runtime.pick_device(spec.train.device)
@@ -139,6 +134,21 @@ def evaluate(spec: Spec, *, out: Path | None = None, prepared: Any = None) -> di
         metrics = {k: v for k, v in metrics.items() if "/" not in k}
     if spec.evaluate.mc_dropout is not None:
         metrics |= _mc_metrics(spec, model, loader, prepared, out)
+    if spec.evaluate.fold_batch_norm:
+        from pipeline.export import fold_report
+
+        folded, report = fold_report(model, prepared.image_shape)
+        fp, _ = collect(folded, loader)
+        metrics["fold_max_abs_diff"] = report["max_abs_diff"]
+        metrics["fold_test_accuracy"] = float((fp.argmax(1) == labels).float().mean())
+        for kind, ms in report["latency_ms"].items():
+            for batch, value in ms.items():
+                metrics[f"latency_ms_{kind}_batch{batch}"] = value
+    if spec.evaluate.export:
+        from pipeline.export import export
+
+        export(spec, model, out / "export", list(spec.evaluate.export),
+               fold=spec.evaluate.fold_batch_norm, prepared_meta=prepared.meta)
     metrics["checkpoint_epoch"] = state["epoch"]
     atomic_write(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     if spec.evaluate.confusion_matrix:

@@ -150,6 +150,8 @@ def evaluate(spec: Spec, *, out: Path | None = None, prepared: Any = None) -> di
         export(spec, model, out / "export", list(spec.evaluate.export),
                fold=spec.evaluate.fold_batch_norm, prepared_meta=prepared.meta)
     metrics["checkpoint_epoch"] = state["epoch"]
+    if (out / "history.csv").is_file():
+        training_curves(out / "history.csv", out / "training_curves.png", spec.name)
     atomic_write(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     if spec.evaluate.confusion_matrix:
         buf = io.StringIO()
@@ -185,3 +187,26 @@ def _mc_metrics(spec: Spec, model: Any, loader: Any, prepared: Any, out: Path
     save_image(images, out / "mc_uncertain.png", nrow=8, pad_value=1.0)
     return {"mc_test_accuracy": mc["test_accuracy"], "mc_test_loss": mc["test_loss"],
             "mc_ece": mc["ece"], "mc_mean_spread": float(spread.mean())}
+
+
+def training_curves(history: Path, png: Path, title: str) -> None:
+    """The seeds' two plots: training and validation accuracy, training and validation loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(history.open()))
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("accuracy", "loss"), strict=True):
+        ax.plot(epochs, [float(r[metric]) for r in rows], "bo", label=f"training {metric}")
+        if rows and rows[0].get(f"val_{metric}"):
+            ax.plot(epochs, [float(r[f"val_{metric}"]) for r in rows], "b",
+                    label=f"validation {metric}")
+        ax.set_title(f"{title}: training and validation {metric}")
+        ax.set_xlabel("epoch")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=90)
+    plt.close(fig)

@@ -47,6 +47,7 @@ def test_evaluate_writes_metrics_and_confusion_for_a_trained_model(tmp_path: Pat
     assert saved["test_accuracy"] == metrics["test_accuracy"] > 0.9
     rows = (tmp_path / "runs" / "ev" / "confusion.csv").read_text().splitlines()
     assert rows[0] == "actual,predicted" and len(rows) == 1 + 500
+    assert (tmp_path / "runs" / "ev" / "training_curves.png").stat().st_size > 5000
 
 
 def _dropout_model(rate: float):

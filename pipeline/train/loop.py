@@ -135,8 +135,8 @@ class Trainer:
         self.device = runtime.pick_device(t.device)
         runtime.seed_everything(spec.seed, deterministic=t.deterministic)
         self.model = build_model(spec, device=self.device)
-        self.base_trainable = {id(p): p.requires_grad for p in self.model.parameters()}
         L.set_trainable(L.select(self.model, t.freeze), False)
+        # what each phase starts from: the layers' own trainable flags and train.freeze
         self.base_trainable = {id(p): p.requires_grad for p in self.model.parameters()}
         convs = any(isinstance(m, nn.Conv2d) for m in self.model.modules())
         self.memory_format = (torch.channels_last if convs and t.channels_last in (True, "auto")
@@ -197,8 +197,6 @@ class Trainer:
 
     def _train_epoch(self, epoch: int, optimizer: torch.optim.Optimizer,
                      schedule: LRSchedule) -> dict[str, float]:
-        from pipeline.data.loader import epoch_seed
-
         self.model.train()
         self.train_loader.set_epoch(epoch)
         metrics = RunningMetrics(self.spec.train.top_k, self.device)
@@ -208,8 +206,6 @@ class Trainer:
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
         autocast = (torch.autocast(self.device.type, dtype=self.amp) if self.amp
                     else contextlib.nullcontext())
-        gen = torch.Generator(device=self.device).manual_seed(epoch_seed(self.spec.seed, epoch, 7))
-        self.train_loader.generator = gen
         for step, (x, y) in enumerate(_progress(self.train_loader, f"epoch {epoch + 1}")):
             with autocast:
                 logits = self.forward(x)

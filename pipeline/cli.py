@@ -186,14 +186,9 @@ def _junit(results: list[tuple[Path, list[Problem]]]) -> str:
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from pipeline.spec.load import load_spec
-
-    spec = load_spec(args.spec, args.overrides)
-    for p in spec.warnings:
-        print(p.format(), file=sys.stderr)
     from pipeline.model.summary import summarize
 
-    print(summarize(spec, expand=args.expand).table())
+    print(summarize(_load(args), expand=args.expand).table())
     return 0
 
 

@@ -44,8 +44,9 @@ def pick_device(requested: str) -> torch.device:
     return device
 
 
-def seed_everything(seed: int, *, deterministic: bool = False) -> torch.Generator:
-    """Seed Python, torch (CPU and CUDA); return a generator for data order and augmentation."""
+def seed_everything(seed: int, *, deterministic: bool = False) -> None:
+    """Seed Python and torch (CPU and CUDA); data order and augmentation seed their own
+    generators per epoch."""
     random.seed(seed)
     torch.manual_seed(seed)
     if deterministic:
@@ -54,7 +55,6 @@ def seed_everything(seed: int, *, deterministic: bool = False) -> torch.Generato
         torch.backends.cudnn.benchmark = False
     else:
         torch.backends.cudnn.benchmark = True
-    return torch.Generator().manual_seed(seed)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

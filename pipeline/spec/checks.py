@@ -11,8 +11,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from pipeline.spec.activations import activation_model
+from pipeline.spec.base import ACTIVATIONS
 from pipeline.spec.composite import ARCHS
-from pipeline.spec.errors import Problem
+from pipeline.spec.errors import Problem, did_you_mean
 from pipeline.spec.init import VarianceScaling, init_model
 from pipeline.spec.layers import WeightedLayer
 from pipeline.spec.shapes import LayerShapeError, infer_shapes, named_layers
@@ -60,24 +61,13 @@ def _layers(spec: Spec) -> list[tuple[tuple, str, object]]:
     return [(("model", "layers", *p), n, layer) for p, n, layer in named_layers(spec.model.layers)]
 
 
-def _activations(layer: object) -> list[str]:
-    if getattr(layer, "type", None) in {
-        "relu",
-        "selu",
-        "elu",
-        "leaky_relu",
-        "prelu",
-        "gelu",
-        "tanh",
-        "sigmoid",
-        "softmax",
-        "silu",
-        "rrelu",
-        "linear",
-    }:
-        return [layer.type]  # type: ignore[attr-defined]
+def _activation(layer: object) -> str | None:
+    """The activation a layer applies: itself if it is one, else its ``activation`` field."""
+    kind = getattr(layer, "type", None)
+    if kind in ACTIVATIONS.kinds:
+        return kind
     act = activation_model(getattr(layer, "activation", None))
-    return [act.type] if act else []
+    return act.type if act else None
 
 
 @check("shapes")
@@ -144,7 +134,7 @@ def _output_units(spec: Spec) -> Iterator[Problem]:
 def _selu(spec: Spec) -> Iterator[Problem]:
     """SELU self-normalizes only with lecun_normal init, alpha dropout and a plain stack."""
     layers = _layers(spec)
-    if not any("selu" in _activations(layer) for _, _, layer in layers):
+    if not any(_activation(layer) == "selu" for _, _, layer in layers):
         return
 
     def lecun(value: object) -> bool:
@@ -160,7 +150,7 @@ def _selu(spec: Spec) -> Iterator[Problem]:
     top = spec.model.layers
     for path, _, layer in layers:
         nxt = top[path[2] + 1] if len(path) == 3 and path[2] + 1 < len(top) else None
-        feeds_selu = "selu" in _activations(layer) or getattr(nxt, "type", "") == "selu"
+        feeds_selu = _activation(layer) == "selu" or getattr(nxt, "type", "") == "selu"
         if isinstance(layer, WeightedLayer) and feeds_selu:
             if layer.kernel_init is None:
                 inherit = True
@@ -308,8 +298,6 @@ def _selectors(spec: Spec) -> Iterator[Problem]:
                         f"layer index {target} is out of range (the model has {count} layers)", path
                     )
             elif not fnmatch.filter(names, target):
-                from pipeline.spec.errors import did_you_mean
-
                 yield Problem(
                     f"no layer matches {target!r}",
                     path,

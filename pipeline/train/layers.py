@@ -49,7 +49,7 @@ def set_trainable(modules: Iterable[nn.Module], trainable: bool) -> None:
             p.requires_grad_(trainable)
 
 
-def param_groups(model: Any, spec: Spec, optimizer: Any) -> list[dict[str, Any]]:
+def param_groups(model: Any, optimizer: Any) -> list[dict[str, Any]]:
     """Trainable parameters grouped by the optimizer's ``param_groups`` (first match wins);
     the rest form the default group."""
     taken: set[int] = set()
@@ -66,14 +66,6 @@ def param_groups(model: Any, spec: Spec, optimizer: Any) -> list[dict[str, Any]]
     if rest:
         groups.insert(0, {"params": rest})
     return groups
-
-
-def _core(module: nn.Module) -> nn.Module | None:
-    """The conv or linear layer inside a built conv2d/dense block."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            return m
-    return None
 
 
 @dataclass
@@ -94,10 +86,9 @@ def constraints(model: Any, spec: Spec) -> list[Constraint]:
         reg, limit = layer.regularizer, layer.max_norm
         if (reg is None or not (reg.l1 or reg.l2)) and limit is None:
             continue
-        core = _core(layers[name])
-        if core is not None:
-            out.append(Constraint(core.weight, reg.l1 if reg else 0.0, reg.l2 if reg else 0.0,
-                                  limit))
+        core = layers[name].core  # the conv/linear inside the built block
+        out.append(Constraint(core.weight, reg.l1 if reg else 0.0, reg.l2 if reg else 0.0,
+                              limit))
     return out
 
 

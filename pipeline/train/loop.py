@@ -188,7 +188,7 @@ class Trainer:
         if phase.lr is not None:
             opt_spec = opt_spec.model_copy(update={"lr": phase.lr})
         self.opt_spec = opt_spec
-        optimizer = build_optimizer(opt_spec, L.param_groups(self.model, self.spec, opt_spec))
+        optimizer = build_optimizer(opt_spec, L.param_groups(self.model, opt_spec))
         schedule = LRSchedule(phase.schedule or self.spec.schedule, optimizer,
                               steps_per_epoch=len(self.train_loader), epochs=phase.epochs)
         return optimizer, schedule

@@ -6,9 +6,12 @@ Writes ``runs/<name>/metrics.json`` (flat, for ``dvc metrics show``) and ``confu
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +27,14 @@ def _probabilities(model: Any, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def collect(model: Any, loader: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Probabilities and labels over a loader, on the CPU."""
+def collect(model: Any, loader: Any, autocast: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities and labels over a loader, on the CPU (under ``autocast`` if given)."""
     model.eval()
     probs, labels = [], []
-    for x, y in loader:
-        probs.append(_probabilities(model, x).cpu())
-        labels.append(y.cpu())
+    with autocast or contextlib.nullcontext():
+        for x, y in loader:
+            probs.append(_probabilities(model, x).cpu())
+            labels.append(y.cpu())
     return torch.cat(probs), torch.cat(labels)
 
 
@@ -108,7 +112,8 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
     return float(total)
 
 
-def evaluate(spec: Spec, *, out: Path | None = None, prepared: Any = None) -> dict[str, float]:
+def evaluate(spec: Spec, *, out: Path | None = None, prepared: Any = None,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
     """Evaluate the spec's best (or last) checkpoint on the test split; write the files."""
     from pipeline import runtime
     from pipeline.data.loader import BatchLoader
@@ -125,8 +130,15 @@ def evaluate(spec: Spec, *, out: Path | None = None, prepared: Any = None) -> di
     state = ckpt.load(out / "checkpoints" / f"{spec.evaluate.checkpoint}.pt", spec,
                       map_location=device)
     model.load_state_dict(state["model"])
-    loader = BatchLoader.from_prepared(prepared, "test", spec.evaluate.batch_size, device=device)
-    probs, labels = collect(model, loader)
+    fmt = runtime.memory_format(model, spec.train.channels_last)
+    if fmt is not None:
+        model = model.to(memory_format=fmt)
+    loader = BatchLoader.from_prepared(prepared, "test", spec.evaluate.batch_size, device=device,
+                                       memory_format=fmt)
+    autocast, precision = runtime.inference_autocast(spec.evaluate.precision, device)
+    start = time.perf_counter()
+    probs, labels = collect(model, loader, autocast)
+    seconds = time.perf_counter() - start
     top_k = sorted(set(spec.evaluate.top_k) | set(spec.train.top_k))
     metrics, _ = metrics_from(probs, labels, prepared.classes, top_k=top_k,
                               bins=spec.evaluate.calibration_bins)
@@ -150,6 +162,9 @@ def evaluate(spec: Spec, *, out: Path | None = None, prepared: Any = None) -> di
         export(spec, model, out / "export", list(spec.evaluate.export),
                fold=spec.evaluate.fold_batch_norm, prepared_meta=prepared.meta)
     metrics["checkpoint_epoch"] = state["epoch"]
+    metrics["precision"] = precision
+    log(f"evaluated {len(labels)} test images in {seconds:.2f} s "
+        f"({len(labels) / seconds:,.0f} images/s, {precision}, {device.type})")
     if (out / "history.csv").is_file():
         training_curves(out / "history.csv", out / "training_curves.png", spec.name)
     atomic_write(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")

@@ -48,6 +48,17 @@ def test_evaluate_writes_metrics_and_confusion_for_a_trained_model(tmp_path: Pat
     rows = (tmp_path / "runs" / "ev" / "confusion.csv").read_text().splitlines()
     assert rows[0] == "actual,predicted" and len(rows) == 1 + 500
     assert (tmp_path / "runs" / "ev" / "training_curves.png").stat().st_size > 5000
+    assert saved["precision"] == "fp32"
+    # bf16 inference: what ran is recorded, and it predicts (almost) as fp32 does
+    from pipeline import runtime
+
+    half = evaluate(spec.model_copy(update={"evaluate": spec.evaluate.model_copy(
+        update={"precision": "bf16"})}), log=lambda _m: None)
+    native = runtime.bf16_supported(torch.device("cpu"))
+    assert half["precision"] == ("bf16" if native else "fp32")
+    assert abs(half["test_accuracy"] - metrics["test_accuracy"]) <= 0.01
+    if native:
+        assert half["test_loss"] != metrics["test_loss"]  # it really ran in another precision
 
 
 def _dropout_model(rate: float):

@@ -113,15 +113,25 @@ def to_theta(m: Tensor, height: int, width: int) -> Tensor:
     return (m * d[None, None, :] / d[None, :, None])[:, :2]
 
 
-def apply_affine(x: Tensor, m: Tensor, fill: str = "nearest") -> Tensor:
+@dataclass(frozen=True)
+class Warp:
+    """How one ``grid_sample`` resamples: consecutive transforms that agree share one."""
+
+    fill: str = "nearest"
+    fill_value: float = 0.0
+    interpolation: str = "bilinear"
+
+
+def apply_affine(x: Tensor, m: Tensor, warp: Warp = Warp()) -> Tensor:
     """Warp a batch with per-sample pixel-space matrices: one grid, one ``grid_sample``."""
     _, _, h, w = x.shape
     # The grid is built in at least float32: half-precision coordinates would blur by ~0.1 px.
     theta = to_theta(m.to(x.device, torch.promote_types(x.dtype, torch.float32)), h, w)
     grid = affine_grid(theta, h, w).to(x.dtype)
-    return F.grid_sample(
-        x, grid, mode="bilinear", padding_mode=GRID_PADDING[fill], align_corners=False
-    )
+    shifted = warp.fill == "constant" and warp.fill_value != 0
+    out = F.grid_sample(x - warp.fill_value if shifted else x, grid, mode=warp.interpolation,
+                        padding_mode=GRID_PADDING[warp.fill], align_corners=False)
+    return out.add_(warp.fill_value) if shifted else out
 
 
 def affine_grid(theta: Tensor, height: int, width: int) -> Tensor:
@@ -146,7 +156,7 @@ class AffinePart:
     """A geometric transform: per-sample matrices, merged with its neighbours into one warp."""
 
     p: float
-    fill: str | None  # None: moves no content off the image (a flip), so any fill will do
+    warp: Warp | None  # None: moves no content off the image (a flip), so any warp will do
     draw: Callable[[torch.Generator, int, int, int], Tensor]  # (g, n, h, w) -> (n, 3, 3)
     exact: Stage | None = None  # how to run it outside a warp, without interpolation
 
@@ -179,11 +189,12 @@ def _draw_shear(t: Shear, g: torch.Generator, n: int, h: int, w: int) -> Tensor:
 
 def _draw_zoom(t: Zoom, g: torch.Generator, n: int, h: int, w: int) -> Tensor:
     # x and y factors drawn independently, as Keras's ImageDataGenerator does
-    return zoom_matrix(*(_uniform(g, n, 1 - t.range, 1 + t.range) for _ in "xy"))
+    return zoom_matrix(*(_uniform(g, n, *t.bounds) for _ in "xy"))
 
 
 def _geometric(draw: Callable[..., Tensor]) -> Callable[[Any], AffinePart]:
-    return lambda t: AffinePart(t.p, t.fill, partial(draw, t))
+    return lambda t: AffinePart(t.p, Warp(t.fill, t.fill_value, t.interpolation),
+                                partial(draw, t))
 
 
 GEOMETRIC = {
@@ -197,8 +208,8 @@ for _name, _draw in GEOMETRIC.items():
 
 
 def _affine_stage(parts: list[AffinePart]) -> Stage:
-    """Consecutive geometric transforms with one fill: one composed matrix, one grid_sample."""
-    fill = next(part.fill for part in parts if part.fill)
+    """Consecutive geometric transforms with one warp: one composed matrix, one grid_sample."""
+    warp = next(part.warp for part in parts if part.warp)
     always = max(part.p for part in parts) >= 1  # then every sample is warped
 
     def stage(x: Tensor, g: torch.Generator) -> Tensor:
@@ -208,7 +219,7 @@ def _affine_stage(parts: list[AffinePart]) -> Stage:
         for part in parts:  # loops over transforms, never over samples
             mi, active = part.sample(g, n, h, w)
             m, any_active = m @ mi, any_active | active
-        out = apply_affine(x, m, fill)
+        out = apply_affine(x, m, warp)
         if always:
             return out
         # Untouched samples stay bit-exact (an identity warp is only equal to ~1e-7).
@@ -433,7 +444,7 @@ def build_augment(section: AugmentSection | None) -> Augment | None:
     group_names: list[str] = []
 
     def close_group() -> None:
-        if all(part.fill is None for part in group):  # flips only: no warp, no interpolation
+        if all(part.warp is None for part in group):  # flips only: no warp, no interpolation
             stages.extend(part.exact for part in group if part.exact)
             names.extend(group_names)
         else:
@@ -449,9 +460,9 @@ def build_augment(section: AugmentSection | None) -> Augment | None:
             )
         built = BUILDERS[t.type](t)
         if isinstance(built, AffinePart):
-            fills = {part.fill for part in group} - {None}
-            if built.fill and fills and built.fill not in fills:
-                close_group()  # one grid_sample has one padding mode
+            warps = {part.warp for part in group} - {None}
+            if built.warp and warps and built.warp not in warps:
+                close_group()  # one grid_sample has one padding mode and interpolation
             group.append(built)
             group_names.append(t.type)
         else:

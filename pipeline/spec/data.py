@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveFloat, field_validator, model_validator
 
 from pipeline.spec.base import (
     TRANSFORMS,
@@ -172,8 +172,19 @@ class TransformBase(Kind):
 
 class Geometric(TransformBase):
     fill: Fill = "nearest"
-    """What shows where the image moved away: zeros, the nearest edge pixel (Keras's default), or
-    a reflection."""
+    """What shows where the image moved away: a constant (``fill_value``), the nearest edge pixel
+    (Keras's default), or a reflection."""
+    fill_value: Annotated[float, Field(ge=0, le=1)] = 0.0
+    """The constant of ``fill: constant``, as a fraction of full intensity (Keras's cval / 255)."""
+    interpolation: Literal["bilinear", "nearest"] = "bilinear"
+    """Resampling: bilinear (Keras's default) or nearest (torchvision's default, about 2x
+    faster on large images, blockier)."""
+
+    @model_validator(mode="after")
+    def _fill_value_needs_constant(self) -> Geometric:
+        if self.fill_value and self.fill != "constant":
+            raise ValueError(f"fill_value applies to fill: constant only (fill is {self.fill!r})")
+        return self
 
 
 @TRANSFORMS.register
@@ -206,7 +217,20 @@ class Zoom(Geometric):
     """Scale by a random factor in [1 - range, 1 + range] (Keras zoom_range)."""
 
     type: Literal["zoom"] = "zoom"
-    range: Annotated[float, Field(gt=0, lt=1)]
+    range: Annotated[float, Field(gt=0, lt=1)] | tuple[PositiveFloat, PositiveFloat]
+    """A float z draws factors in [1 - z, 1 + z]; a pair [lower, upper] draws in that range
+    (Keras's zoom_range), e.g. [0.8, 1.0] only zooms in. Width and height draw independently."""
+
+    @field_validator("range")
+    @classmethod
+    def _ordered(cls, v: float | tuple[float, float]) -> float | tuple[float, float]:
+        if isinstance(v, tuple) and v[0] > v[1]:
+            raise ValueError(f"zoom range [{v[0]}, {v[1]}]: the lower bound is above the upper")
+        return v
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        return self.range if isinstance(self.range, tuple) else (1 - self.range, 1 + self.range)
 
 
 @TRANSFORMS.register

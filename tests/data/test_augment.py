@@ -13,6 +13,7 @@ from PIL import Image
 
 from pipeline.data.augment import (
     BUILDERS,
+    Warp,
     affine_grid,
     apply_affine,
     build_augment,
@@ -89,29 +90,69 @@ def test_tiny_rotation_is_identity() -> None:
 
 def test_rotation_matrix_90_degrees_is_rot90() -> None:
     x = images(2, 3, 9, 9)
-    out = apply_affine(x, rotation_matrix(torch.tensor([90.0, -90.0])), "constant")
+    out = apply_affine(x, rotation_matrix(torch.tensor([90.0, -90.0])), Warp("constant"))
     torch.testing.assert_close(out[0], torch.rot90(x[0], 1, [-2, -1]), atol=1e-5, rtol=0)
     torch.testing.assert_close(out[1], torch.rot90(x[1], -1, [-2, -1]), atol=1e-5, rtol=0)
 
 
 def test_shift_matrix_moves_content_by_whole_pixels() -> None:
     x = images(1, 1, 12, 16)
-    out = apply_affine(x, shift_matrix(torch.tensor([3.0]), torch.tensor([-2.0])), "constant")
+    move = shift_matrix(torch.tensor([3.0]), torch.tensor([-2.0]))
+    out = apply_affine(x, move, Warp("constant"))
     torch.testing.assert_close(out[..., :-2, 3:], x[..., 2:, :-3], atol=1e-6, rtol=0)
     assert out[..., :, :3].abs().max() == 0  # constant fill: zeros where the content left
     assert out[..., -2:, :].abs().max() == 0
-    nearest = apply_affine(x, shift_matrix(torch.tensor([3.0]), torch.tensor([0.0])), "nearest")
+    nearest = apply_affine(x, shift_matrix(torch.tensor([3.0]), torch.tensor([0.0])),
+                           Warp("nearest"))
     torch.testing.assert_close(nearest[..., :, :3], x[..., :, :1].expand(-1, -1, -1, 3))
+
+
+def test_constant_fill_value_fills_where_the_content_left() -> None:
+    x = images(1, 1, 12, 16)
+    out = apply_affine(x, shift_matrix(torch.tensor([3.0]), torch.tensor([0.0])),
+                       Warp("constant", fill_value=0.75))
+    torch.testing.assert_close(out[..., :, :3], torch.full_like(out[..., :, :3], 0.75))
+    torch.testing.assert_close(out[..., :, 3:], x[..., :, :-3], atol=1e-6, rtol=0)
+
+
+def test_nearest_interpolation_only_copies_input_values() -> None:
+    x = images(4, 1, 16, 16)
+    m = rotation_matrix(torch.tensor([13.0, -7.0, 25.0, 3.0]))
+    nearest = apply_affine(x, m, Warp("constant", interpolation="nearest"))
+    bilinear = apply_affine(x, m, Warp("constant"))
+    for i in range(4):  # every output value is one of its image's input values (or the fill)
+        allowed = torch.cat([x[i].flatten(), torch.zeros(1)])
+        assert torch.isin(nearest[i].flatten(), allowed).all()
+    assert not torch.isin(bilinear[0].flatten(), torch.cat([x[0].flatten(), torch.zeros(1)])).all()
+
+
+def test_zoom_range_pair_draws_inside_its_bounds() -> None:
+    x = torch.zeros(64, 1, 20, 20)
+    x[:, :, 9:11, :] = 1.0  # a horizontal bar through the centre: zooming in thickens it
+    out = aug({"type": "zoom", "range": [0.5, 0.8], "fill": "constant"})(x, gen())
+    thickness = (out[:, 0, :, 10] > 0.5).sum(dim=1).float()
+    assert thickness.min() >= 2  # factors < 1 only zoom in: the bar never thins
+    assert thickness.max() > 2
+
+
+@pytest.mark.parametrize(
+    ("transform", "message"),
+    [({"type": "zoom", "range": [1.2, 0.9]}, "lower bound is above the upper"),
+     ({"type": "rotation", "degrees": 10, "fill_value": 0.5}, "fill: constant only")],
+)
+def test_bad_geometric_options_are_spec_errors(transform: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        AugmentSection.model_validate({"transforms": [transform]})
 
 
 def test_zoom_and_shear_matrices() -> None:
     # zoom 0.5 about the centre of a 4x4 ramp: output column j reads input 0.5 (j - 1.5) + 1.5
     x = torch.arange(4.0).view(1, 1, 1, 4).expand(1, 1, 4, 4).contiguous()
-    out = apply_affine(x, zoom_matrix(torch.tensor([0.5]), torch.tensor([1.0])), "nearest")
+    out = apply_affine(x, zoom_matrix(torch.tensor([0.5]), torch.tensor([1.0])), Warp("nearest"))
     torch.testing.assert_close(out[0, 0, 0], torch.tensor([0.75, 1.25, 1.75, 2.25]))
     # Keras's shear: y_in = y - sin(s) x (centred), so a vertical ramp tilts along the row
     y = torch.arange(5.0).view(1, 1, 5, 1).expand(1, 1, 5, 5).contiguous()
-    sheared = apply_affine(y, shear_matrix(torch.tensor([30.0])), "nearest")
+    sheared = apply_affine(y, shear_matrix(torch.tensor([30.0])), Warp("nearest"))
     torch.testing.assert_close(sheared[0, 0, 2], 2 - 0.5 * torch.tensor([-2.0, -1, 0, 1, 2]) * 1.0)
 
 
@@ -283,3 +324,11 @@ def test_math_reference() -> None:
     m = rotation_matrix(torch.tensor([30.0]))[0]
     assert math.isclose(float(m[0, 0]), math.sqrt(3) / 2, rel_tol=1e-6)
     assert math.isclose(float(m[1, 0]), 0.5, rel_tol=1e-6)
+
+
+def test_transforms_with_different_warps_do_not_share_a_grid_sample() -> None:
+    same = aug({"type": "rotation", "degrees": 10}, {"type": "zoom", "range": 0.1})
+    split = aug({"type": "rotation", "degrees": 10, "interpolation": "nearest"},
+                {"type": "zoom", "range": 0.1})
+    assert same.names == ["affine[rotation+zoom]"]
+    assert split.names == ["affine[rotation]", "affine[zoom]"]

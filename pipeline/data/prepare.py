@@ -77,6 +77,11 @@ def _uses_seed(spec: Spec) -> bool:
     )
 
 
+def split_seed(spec: Spec) -> int:
+    """The seed that draws the validation split and subsets: ``data.seed``, else ``seed``."""
+    return spec.seed if spec.data.seed is None else spec.data.seed
+
+
 def data_key(spec: Spec) -> str:
     """Short hash of the data section's canonical JSON (defaults left out, so a new optional
     field does not move every folder), its folders resolved, plus the seed when it draws."""
@@ -86,8 +91,9 @@ def data_key(spec: Spec) -> str:
             d[k] = str(spec.path_of(d[k]))
     if d.get("validation", {}).get("path"):
         d["validation"]["path"] = str(spec.path_of(d["validation"]["path"]))
+    d.pop("seed", None)
     if _uses_seed(spec):
-        d["seed"] = spec.seed
+        d["seed"] = split_seed(spec)
     d["format"] = FORMAT
     text = json.dumps(d, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:8]
@@ -187,11 +193,11 @@ def build_splits(raw: RawData, spec: Spec) -> tuple[dict[str, sel.Split], list[i
         )
     mapping = sel.class_mapping(data.classes, raw.classes)
     splits = {k: sel.select_classes(s, mapping, len(raw.classes)) for k, s in raw.splits.items()}
-    train, val = sel.split_validation(splits["train"], data, spec.seed)
+    train, val = sel.split_validation(splits["train"], data, split_seed(spec))
     splits["train"] = train
     if val is not None:
         splits["val"] = val
-    splits = sel.subsets(splits, data, spec.seed)
+    splits = sel.subsets(splits, data, split_seed(spec))
     size = pair(data.image_size) if data.image_size is not None else None
     out = {}
     for name in SPLITS:
@@ -237,7 +243,7 @@ def _meta(
         },
         "checksums": {_short(spec, k): v for k, v in raw.checksums.items()},
         "skipped_corrupt": {"count": sum(map(len, raw.skipped.values())), "files": raw.skipped},
-        "seed": spec.seed if _uses_seed(spec) else None,
+        "seed": split_seed(spec) if _uses_seed(spec) else None,
         # mirror and download change where the files come from, not what is in them.
         "data": spec.data.model_dump(mode="json", exclude={"mirror", "download"}),
         "files": files,

@@ -119,6 +119,9 @@ class DataSection(SpecModel):
     classes: ClassSelection | None = None
     subset: Subset | None = None
     validation: ValidationSplit | None = None
+    seed: int | None = None
+    """Seed of the validation split and the subsets; default: the spec's ``seed``. Set it to
+    vary the training seed (``-S seed=1``) over the same split, without preparing again."""
     normalize: Literal["none", "rescale", "standardize"] | ExplicitNormalization = "rescale"
     """rescale: x/255 in [0, 1]; standardize: then mean 0, std 1 per channel, computed on the
     training split in prepare; or explicit {mean, std}."""

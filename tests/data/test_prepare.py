@@ -143,6 +143,8 @@ def test_per_class_subset_is_seeded(make_spec, tmp_path):
     for split in ("train", "val", "test"):
         assert torch.equal(a.split(split)[0], again.split(split)[0])
         assert not torch.equal(a.split(split)[0], other.split(split)[0])
+    pinned = prepare(make_spec({**data, "seed": 1}, seed=2), tmp_path / "d")
+    assert torch.equal(a.split("val")[0], pinned.split("val")[0])  # data.seed draws the split
     val = a.split("val")[1]
     assert torch.equal(
         torch.bincount(val), torch.tensor([round(n / 2) for n in MNIST_TRAIN_COUNTS])
@@ -209,6 +211,10 @@ def test_folder_depends_only_on_the_data_section(make_spec, tmp_path):
     assert prepared_dir(make_spec({**base, "validation": {"first": 4000}})) != one
     frac = {"dataset": "mnist", "validation": {"fraction": 0.1}}
     assert prepared_dir(make_spec(frac, seed=1)) != prepared_dir(make_spec(frac, seed=2))
+    # data.seed pins the split: the training seed then varies without preparing again
+    pinned = {**frac, "seed": 7}
+    assert prepared_dir(make_spec(pinned, seed=1)) == prepared_dir(make_spec(pinned, seed=2))
+    assert prepared_dir(make_spec(pinned, seed=1)) == prepared_dir(make_spec(frac, seed=7))
 
 
 def test_interrupted_prepare_leaves_nothing(make_spec, tmp_path):

@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/augment.py            # prints a markdown table
 
-Policy: rotation 20 degrees + shift 0.1 + zoom 0.1 + horizontal flip, bilinear, zero fill, on
-random uint8 images of real shapes (speed does not depend on content). Every row ends with a
-float [0, 1] batch ready for a model, so the uint8 -> float step is counted for all.
+Policy: rotation 20 degrees + shift 0.1 + zoom 0.1 + horizontal flip, zero fill, bilinear or
+nearest (the same on both sides of a row), on random uint8 images of real shapes (speed does not
+depend on content). Every row ends with a float [0, 1] batch ready for a model, so the
+uint8 -> float step is counted for all.
 
 - ours: ``build_augment`` on whole batches, torch threads = 2 (one warp per batch);
 - v2 DataLoader: ``RandomAffine`` + ``RandomHorizontalFlip`` per image (uint8 tensors) in a
@@ -44,14 +45,14 @@ class PerImage(Dataset):
         return self.transform(self.x[i]), self.y[i]
 
 
-def v2_transform() -> v2.Compose:
+def v2_transform(interpolation: str) -> v2.Compose:
     return v2.Compose(
         [
             v2.RandomAffine(
                 degrees=DEGREES,
                 translate=(SHIFT, SHIFT),
                 scale=(1 - ZOOM, 1 + ZOOM),
-                interpolation=v2.InterpolationMode.BILINEAR,
+                interpolation=v2.InterpolationMode(interpolation),
                 fill=0,
             ),
             v2.RandomHorizontalFlip(),
@@ -59,13 +60,14 @@ def v2_transform() -> v2.Compose:
     )
 
 
-def ours(x: torch.Tensor, batch: int) -> Callable[[], int]:
+def ours(x: torch.Tensor, batch: int, interpolation: str) -> Callable[[], int]:
+    warp = {"fill": "constant", "interpolation": interpolation}
     section = AugmentSection.model_validate(
         {
             "transforms": [
-                {"type": "rotation", "degrees": DEGREES, "fill": "constant"},
-                {"type": "shift", "width": SHIFT, "height": SHIFT, "fill": "constant"},
-                {"type": "zoom", "range": ZOOM, "fill": "constant"},
+                {"type": "rotation", "degrees": DEGREES, **warp},
+                {"type": "shift", "width": SHIFT, "height": SHIFT, **warp},
+                {"type": "zoom", "range": ZOOM, **warp},
                 {"type": "horizontal_flip"},
             ]
         }
@@ -84,8 +86,8 @@ def ours(x: torch.Tensor, batch: int) -> Callable[[], int]:
     return epoch
 
 
-def loader(x: torch.Tensor, batch: int, workers: int) -> Callable[[], int]:
-    data = PerImage(x, torch.zeros(len(x), dtype=torch.long), v2_transform())
+def loader(x: torch.Tensor, batch: int, workers: int, interpolation: str) -> Callable[[], int]:
+    data = PerImage(x, torch.zeros(len(x), dtype=torch.long), v2_transform(interpolation))
     dl = DataLoader(
         data, batch_size=batch, shuffle=True, num_workers=workers, persistent_workers=workers > 0
     )
@@ -115,24 +117,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=40, help="batches per timed epoch")
     parser.add_argument("--repeats", type=int, default=5, help="timed epochs (best reported)")
+    parser.add_argument("--interpolation", nargs="+", default=["bilinear", "nearest"],
+                        choices=["bilinear", "nearest"], help="the same for ours and v2")
     args = parser.parse_args()
     torch.set_num_threads(2)
     cpu = platform.processor() or platform.machine()
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     # Other processes on a 2-core machine skew every row; the load average says how much.
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs ({cpu}), threads = 2, load {load}\n")
-    print("| images | batch | ours (batched) img/s | v2 DataLoader 2 workers img/s | ratio "
-          "| v2 0 workers img/s | ratio |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| images | batch | interpolation | ours (batched) img/s | v2 DataLoader 2 workers "
+          "img/s | ratio | v2 0 workers img/s | ratio |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for (c, h, w), batch in SHAPES:
         x = torch.randint(0, 256, (batch * args.batches, c, h, w), dtype=torch.uint8)
-        fast = images_per_second(ours(x, batch), args.repeats)
-        two = images_per_second(loader(x, batch, 2), args.repeats)
-        zero = images_per_second(loader(x, batch, 0), args.repeats)
-        print(
-            f"| {h}x{w}x{c} | {batch} | {fast:,.0f} | {two:,.0f} | {fast / two:.1f}x "
-            f"| {zero:,.0f} | {fast / zero:.1f}x |"
-        )
+        for mode in args.interpolation:
+            fast = images_per_second(ours(x, batch, mode), args.repeats)
+            two = images_per_second(loader(x, batch, 2, mode), args.repeats)
+            zero = images_per_second(loader(x, batch, 0, mode), args.repeats)
+            print(
+                f"| {h}x{w}x{c} | {batch} | {mode} | {fast:,.0f} | {two:,.0f} | {fast / two:.1f}x "
+                f"| {zero:,.0f} | {fast / zero:.1f}x |"
+            )
     print(f"\nload average after: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 

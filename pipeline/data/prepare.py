@@ -136,13 +136,15 @@ def prepare(
     *,
     force: bool = False,
     progress: Callable[[str], None] | None = None,
+    target: str | Path | None = None,
 ) -> Prepared:
-    """Prepare the spec's data under ``prepared_dir(spec, out_root)``; a no-op when it is there.
+    """Prepare the spec's data under ``prepared_dir(spec, out_root)``, or in exactly the folder
+    ``target`` (a DVC stage's declared output); a no-op when it is there and complete.
 
     ``progress`` is called with a short message after each step (and each file written)."""
     note = progress or (lambda _msg: None)
     key = data_key(spec)
-    target = prepared_dir(spec, out_root)
+    target = Path(target) if target is not None else prepared_dir(spec, out_root)
     fingerprints = _fingerprints(spec) if spec.data.dataset == "image_folder" else {}
     if not force and _complete(target, key, fingerprints):
         note(f"{target} is up to date")
@@ -294,6 +296,19 @@ def _alive(pid: int) -> bool:
 
 
 # ---- read back -----------------------------------------------------------------------------
+
+
+def load_prepared_for(spec: Spec, folder: str | Path) -> Prepared:
+    """The prepared folder ``folder`` (e.g. one ``dvc pull`` restored), checked to hold this
+    spec's data: a folder prepared for another data section is an error, never used."""
+    prepared = load_prepared(folder)
+    key, found = data_key(spec), prepared.meta.get("key")
+    if found != key:
+        raise DataError(
+            f"{folder} holds data prepared for another data section (key {found}, this spec's "
+            f"is {key}): run 'pipeline prepare <spec> --out {folder}' (or 'dvc repro')"
+        )
+    return prepared
 
 
 def load_prepared(

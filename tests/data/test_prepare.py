@@ -16,7 +16,14 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.data import DataError, load_prepared, prepare, prepared_dir, report
+from pipeline.data import (
+    DataError,
+    load_prepared,
+    load_prepared_for,
+    prepare,
+    prepared_dir,
+    report,
+)
 from pipeline.spec import load_spec
 from tests.data.conftest import (
     MNIST_TEST_COUNTS,
@@ -215,6 +222,23 @@ def test_folder_depends_only_on_the_data_section(make_spec, tmp_path):
     pinned = {**frac, "seed": 7}
     assert prepared_dir(make_spec(pinned, seed=1)) == prepared_dir(make_spec(pinned, seed=2))
     assert prepared_dir(make_spec(pinned, seed=1)) == prepared_dir(make_spec(frac, seed=7))
+
+
+def test_prepare_into_an_exact_folder_and_load_it_back_checked(make_spec, tmp_path):
+    data = {"dataset": "mnist", "mirror": str(need_mirror("MNIST")),
+            "subset": {"train_per_class": 20, "test_per_class": 5}}
+    spec = make_spec(data)
+    folder = tmp_path / "dvc-out" / "tiny"
+    prepared = prepare(spec, target=folder)
+    assert prepared.root == folder and (folder / "meta.json").is_file()
+    assert not (tmp_path / "dvc-out" / prepared_dir(spec).name).exists()
+    mtime = (folder / "train_x.npy").stat().st_mtime_ns
+    assert prepare(spec, target=folder).root == folder  # complete: a no-op
+    assert (folder / "train_x.npy").stat().st_mtime_ns == mtime
+    assert counts(load_prepared_for(spec, folder), "train") == [20] * 10
+    other = make_spec({**data, "subset": {"train_per_class": 30}})
+    with pytest.raises(DataError, match="prepared for another data section"):
+        load_prepared_for(other, folder)
 
 
 def test_interrupted_prepare_leaves_nothing(make_spec, tmp_path):

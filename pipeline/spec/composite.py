@@ -58,6 +58,8 @@ class Block(LayerBase):
     block: str
     """A key of ``model.blocks``."""
     repeat: PositiveInt = 1
+    params: dict[str, Any] = {}
+    """Values for a parameterised block's ``$name`` placeholders (over its defaults)."""
 
 
 def _halve(h: int) -> int:

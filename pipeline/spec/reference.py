@@ -34,7 +34,9 @@ def _anchor(name: str) -> str:
     return name.lower()
 
 
-def _type(prop: dict[str, Any]) -> str:
+def _type(prop: dict[str, Any] | bool) -> str:
+    if isinstance(prop, bool):  # JSON Schema's "anything" (e.g. additionalProperties: true)
+        return "any"
     if "$ref" in prop:
         name = _ref_name(prop["$ref"])
         return f"[{name}](#{_anchor(name)})"

@@ -7,6 +7,7 @@ them), so a problem in a block or a default still points at the line where it wa
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -59,7 +60,88 @@ def expand_model(model: Any, problems: list[Problem], path: tuple[PathPart, ...]
                 out["blocks"][name] = _expand(
                     layers, blocks, defaults, problems, (*path, "blocks", name), (name,)
                 )
+            elif isinstance(layers, Mapping):
+                _check_definition(name, layers, problems, (*path, "blocks", name))
     return out
+
+
+# ``$width`` (plain, also inside YAML flow mappings) or ``${width}`` (inside longer text)
+_PLACEHOLDER = re.compile(r"\$\{([^}]*)\}|\$([A-Za-z_]\w*)")
+
+
+def _check_definition(name: str, block: Mapping, problems: list[Problem],
+                      path: tuple[PathPart, ...]) -> None:
+    """A parameterised block: every ``$name`` it uses is one of its ``params``."""
+    params = block.get("params") or {}
+    if not isinstance(params, Mapping) or not isinstance(block.get("layers"), list):
+        return  # the schema reports the shape
+    _substitute(block["layers"], {k: f"${k}" for k in params}, problems,
+                (*path, "layers"), name)
+
+
+def _substitute(node: Any, values: Mapping, problems: list[Problem],
+                path: tuple[PathPart, ...], block: str) -> Any:
+    """``node`` with each ``$param`` replaced: a whole-string placeholder by the value itself
+    (a number stays a number), one inside a longer string by its text. Marks are kept."""
+    if isinstance(node, Mapping):
+        out = copy.copy(node)
+        for key, value in node.items():
+            out[key] = _substitute(value, values, problems, (*path, key), block)
+        return out
+    if isinstance(node, list):
+        out = copy.copy(node)
+        out[:] = [_substitute(v, values, problems, (*path, i), block) for i, v in enumerate(node)]
+        return out
+    if not isinstance(node, str) or "$" not in node:
+        return node
+    for match in _PLACEHOLDER.finditer(node):
+        used = match.group(1) or match.group(2)
+        if used not in values:
+            known = ", ".join(values) or "none (add params to the block)"
+            problems.append(Problem(f"block {block!r} has no parameter {used!r}; its params: "
+                                    f"{known}", path, code="block",
+                                    hint=did_you_mean(used, list(values)) or None))
+            return node
+    whole = _PLACEHOLDER.fullmatch(node)
+    if whole:
+        return copy.deepcopy(values[whole.group(1) or whole.group(2)])
+    return _PLACEHOLDER.sub(lambda m: str(values[m.group(1) or m.group(2)]), node)
+
+
+def _block_body(name: str, block: Any, ref: Mapping, problems: list[Problem],
+                path: tuple[PathPart, ...]) -> list | None:
+    """The layers a reference inserts: a plain block's list, or a parameterised block's layers
+    with the reference's ``params`` (over the block's defaults) substituted."""
+    given = ref.get("params") or {}
+    if isinstance(block, list):
+        if given:
+            problems.append(Problem(f"block {name!r} takes no params (define it as "
+                                    "{params: {...}, layers: [...]} to give it some)",
+                                    (*path, "params"), code="block"))
+        return block
+    if not isinstance(block, Mapping) or not isinstance(block.get("layers"), list):
+        return None  # the schema reports the shape
+    declared = block.get("params") or {}
+    if not isinstance(given, Mapping) or not isinstance(declared, Mapping):
+        return None
+    ok = True
+    for key in given:
+        if key not in declared:
+            ok = False
+            known = ", ".join(map(str, declared)) or "none"
+            problems.append(Problem(f"block {name!r} has no parameter {key!r}; its params: "
+                                    f"{known}", (*path, "params", key), code="block",
+                                    hint=did_you_mean(str(key), list(declared)) or None))
+    values = {**declared, **given}
+    for key, value in values.items():
+        if value is None:
+            ok = False
+            problems.append(Problem(f"block {name!r} needs a value for its parameter {key!r} "
+                                    "(it has no default)", (*path, "params"), code="block"))
+    if not ok:
+        return None
+    # an unknown $name is reported once, where the block is defined (_check_definition)
+    return _substitute(block["layers"], values, [], path, name)
 
 
 def _expand(
@@ -135,10 +217,13 @@ def _block_items(
             )
         )
         return []
+    body = _block_body(name, blocks[name], ref, problems, path)
+    if body is None:
+        return []
     prefix = ref.get("name") or name
     items = []
     for r in range(1, repeat + 1):
-        inner = _expand(blocks[name], blocks, defaults, problems, path, (*stack, name))
+        inner = _expand(body, blocks, defaults, problems, path, (*stack, name))
         for layer in inner:
             if isinstance(layer, Mapping) and layer.get("name"):
                 tag = f"{prefix}{r}" if repeat > 1 else prefix

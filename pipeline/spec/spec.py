@@ -46,6 +46,16 @@ LayerDefaults = create_model(
 )
 
 
+class ParamBlock(SpecModel):
+    """A named block with parameters: ``$name`` in its layers' values (``${name}`` inside longer
+    text, quoted in a flow mapping) takes the value a ``{type: block}`` reference gives in its
+    ``params``, or the default here (null: required). Its layers are checked where the block is
+    used, with the values substituted."""
+
+    params: dict[str, Any] = {}
+    layers: Annotated[list[dict[str, Any]], Field(min_length=1)]
+
+
 class ModelSection(SpecModel):
     """The network, as a list of layers applied in order."""
 
@@ -53,8 +63,10 @@ class ModelSection(SpecModel):
     """[channels, height, width] (channels first, as PyTorch) or [features]; default: from the
     dataset (MNIST: [1, 28, 28])."""
     layers: Annotated[list[LayerSpec], Field(min_length=1)]  # type: ignore[valid-type]
-    blocks: dict[str, list[LayerSpec]] = {}  # type: ignore[valid-type]
-    """Named layer lists, inserted with ``{type: block, block: <name>, repeat: N}``."""
+    blocks: dict[str, list[LayerSpec] | ParamBlock] = {}  # type: ignore[valid-type]
+    """Named layer lists, inserted with ``{type: block, block: <name>, repeat: N}``; or blocks
+    with parameters, ``{params: {width: 64}, layers: [{type: conv2d, filters: $width}]}``,
+    inserted with ``{type: block, block: <name>, params: {width: 256}}``."""
     defaults: LayerDefaults = LayerDefaults()  # type: ignore[valid-type]
 
     @model_validator(mode="before")

@@ -105,3 +105,48 @@ def test_unknown_key_in_defaults_is_located_once(problems):
     errors = [p for p in problems(text) if p.severity == "error"]
     assert {p.mark.line for p in errors} == {5}
     assert any(p.hint == "did you mean 'kernel_init'?" for p in errors)
+
+
+PARAM_BLOCK = """\
+name: t
+data: {dataset: mnist}
+model:
+  blocks:
+    group:
+      params: {width: 8, act: relu}
+      layers:
+        - {type: conv2d, name: conv, filters: $width, kernel_size: 3, padding: same}
+        - {type: max_pool2d, pool_size: 2}
+        - {type: $act, name: "${act}_out"}
+  layers:
+    - {type: block, block: group, name: g1}
+    - {type: block, block: group, name: g2, params: {width: 16, act: gelu}}
+    - {type: flatten}
+    - {type: dense, units: 10}
+"""
+
+
+def test_parameterised_blocks_substitute_typed_values_per_use(write):
+    spec = load_spec(write(PARAM_BLOCK))
+    layers = spec.model.layers
+    assert [layer.type for layer in layers[:6]] == ["conv2d", "max_pool2d", "relu",
+                                                    "conv2d", "max_pool2d", "gelu"]
+    assert (layers[0].filters, layers[3].filters) == (8, 16)  # ints, not the text "16"
+    assert spec.model.layer_names()[:3] == ["g1_conv", "max_pool2d_1", "g1_relu_out"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message", "hint", "line"),
+    [
+        ("params: {width: 16, act: gelu}", "params: {widht: 16}",
+         "block 'group' has no parameter 'widht'", "did you mean 'width'?", 13),
+        ("filters: $width", "filters: $witdh",
+         "block 'group' has no parameter 'witdh'", "did you mean 'width'?", 8),
+        ("params: {width: 8, act: relu}", "params: {width: null, act: relu}",
+         "needs a value for its parameter 'width'", None, 12),
+    ],
+)
+def test_parameterised_block_mistakes_are_located(problems, old, new, message, hint, line):
+    (p,) = [p for p in problems(PARAM_BLOCK.replace(old, new)) if p.severity == "error"]
+    assert message in p.message and p.hint == hint
+    assert p.mark.line == line, p.format()

@@ -74,6 +74,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("spec", type=Path)
     _add_overrides(p)
 
+    p = sub.add_parser("server", help="the local Prefect server the stage commands share")
+    p.add_argument("action", choices=["start", "stop", "status", "url"])
+    p.add_argument("--port", type=int, help="start: this port (default: a free one)")
+
+    p = sub.add_parser("deploy", help="a Prefect deployment of the experiment flow on a work pool")
+    p.add_argument("--name", default="local", help="deployment name (default: local)")
+    p.add_argument("--pool", default="pipeline-local",
+                   help="process work pool (created if missing)")
+    p.add_argument("--dir", type=Path, default=Path("."),
+                   help="project folder runs work in (default: this one)")
+
     p = sub.add_parser("export", help="TorchScript/ONNX files carrying classes and preprocessing")
     p.add_argument("spec", type=Path)
     _add_overrides(p)
@@ -159,7 +170,8 @@ def _validate(args: argparse.Namespace) -> int:
                 + (f" ({len(errors)} errors)" if errors else "")
                 + "\n"
             )
-    if args.output:
+    if args.output and not (args.resolved and failed):  # no half-made resolved spec (dvc.yaml)
+        args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text)
     else:
         sys.stdout.write(text)
@@ -240,42 +252,91 @@ def _out(args: argparse.Namespace, spec: object, what: str) -> Path:
     return args.output or run_dir(spec) / what  # type: ignore[arg-type]
 
 
+# The stage commands (dvc.yaml's cmds) run the Prefect flows through pipeline.orchestrate:
+# PIPELINE_ORCHESTRATION=auto|server|ephemeral|off. Each loads the spec first, so a spec error is
+# reported located, without a traceback, before any flow run exists.
+
+
 def _prepare(args: argparse.Namespace) -> int:
-    from pipeline.data.prepare import prepare, report
+    from pipeline import orchestrate
+    from pipeline.data.prepare import report
 
     spec = _load(args)
-    prepared = prepare(spec, force=args.force, progress=lambda m: print(m, file=sys.stderr))
+    prepared = orchestrate.prepare(args.spec, args.overrides, spec, force=args.force,
+                                   progress=lambda m: print(m, file=sys.stderr))
     print(report(prepared, as_json=args.json))
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
-    from pipeline.train.loop import train
+    from pipeline import orchestrate
 
-    result = train(_load(args), resume=args.resume)
-    print(f"trained {len(result.history)} epochs; best epoch {result.best_epoch}; "
-          f"outputs in {result.run_dir}")
+    spec = _load(args)
+    trained = orchestrate.train(args.spec, args.overrides, spec, resume=args.resume)
+    print(f"trained {trained['epochs']} epochs; best epoch {trained['best_epoch']}; "
+          f"outputs in {trained['run_dir']}")
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    import os
+    from pipeline import orchestrate
 
-    # Telemetry off unless the user asked for it (shared/docs/orchestration.md).
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    _load(args)  # report spec errors here, located, before any flow run exists
-    from pipeline.flows import experiment_flow
-
-    metrics = experiment_flow(str(args.spec), args.overrides, resume=args.resume)
+    spec = _load(args)
+    metrics = orchestrate.experiment(args.spec, args.overrides, spec, resume=args.resume)
     print(f"test_accuracy {metrics['test_accuracy']:.4f}")
     return 0
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    from pipeline.evaluate import evaluate
+def _server(args: argparse.Namespace) -> int:
+    import os
 
-    metrics = evaluate(_load(args))
+    from pipeline import orchestrate
+
+    if args.action == "start":
+        server, started = orchestrate.ensure_server(port=args.port)
+        print(f"{'started' if started else 'already running'}: {server.url} (pid {server.pid}; "
+              f"UI {server.url.removesuffix('/api')}; log {server.log})")
+        return 0
+    if args.action == "stop":
+        server = orchestrate.stop_server()
+        print(f"stopped {server.url} (pid {server.pid})" if server else "no server was running")
+        return 0
+    server = orchestrate.read_state()
+    up = server is not None and server.healthy()
+    if args.action == "url":
+        if up:
+            print(server.url)  # type: ignore[union-attr]
+        return 0 if up else 1
+    if server is None:
+        print(f"no pipeline-managed Prefect server (state: {orchestrate.state_file()})")
+    else:
+        print(f"url      {server.url}\npid      {server.pid}\nhealthy  {'yes' if up else 'NO'}\n"
+              f"home     {server.prefect_home}\nlog      {server.log}")
+    print(f"mode     {orchestrate.MODE_ENV}={orchestrate.mode()}")
+    if os.environ.get("PREFECT_API_URL"):
+        print(f"note     PREFECT_API_URL={os.environ['PREFECT_API_URL']} is set: the stage "
+              "commands use that server while it answers")
+    return 0 if up else 1
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from pipeline import orchestrate
+
+    deployment_id, url = orchestrate.deploy(args.dir, name=args.name, pool=args.pool)
+    print(f"deployment experiment/{args.name} ({deployment_id}) on work pool {args.pool!r} at "
+          f"{url}; runs work in {args.dir.resolve()}\n"
+          f"start a worker:  PREFECT_API_URL={url} prefect worker start --pool {args.pool}\n"
+          f"submit a run:    PREFECT_API_URL={url} prefect deployment run "
+          f"experiment/{args.name} --param spec=specs/mnist_convnet.yaml "
+          "--param overrides='[\"train.epochs=1\"]'")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pipeline import orchestrate
+
+    spec = _load(args)
+    metrics = orchestrate.evaluate(args.spec, args.overrides, spec)
     for key, value in metrics.items():
         if "/" not in key:
             print(f"{key:24} {value:.4f}" if isinstance(value, float) else f"{key:24} {value}")
@@ -384,6 +445,8 @@ COMMANDS = {
     "train": _train,
     "evaluate": _evaluate,
     "run": _run,
+    "server": _server,
+    "deploy": _deploy,
     "export": _export,
     "predict": _predict,
     "lr-find": _lr_find,
@@ -400,6 +463,7 @@ _USER_ERRORS = {
     "pipeline.train.checkpoint": "CheckpointError",
     "pipeline.export": "ExportError",
     "pipeline.predict": "PredictError",
+    "pipeline.orchestrate": "OrchestrationError",
 }
 
 

@@ -8,6 +8,7 @@ before a run starts (a deployment's server rejects bad ones before any run exist
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -17,39 +18,76 @@ from prefect.context import TaskRunContext
 from pipeline.spec.spec import Spec
 
 
-def _spec(spec: str, overrides: list[str]) -> Spec:
-    from pipeline.spec.load import load_spec
+def _spec(spec: str | dict[str, Any], overrides: list[str]) -> Spec:
+    """A spec file's path, or an inline spec (the parsed YAML as a mapping), validated by the same
+    loader: a SpecError locates a problem in the file, or in the inline spec written as YAML."""
+    from pipeline.spec.load import load_spec, load_spec_text
 
+    if isinstance(spec, dict):
+        import yaml
+
+        return load_spec_text(yaml.safe_dump(spec, sort_keys=False), overrides,
+                              file="<inline spec>")
     return load_spec(spec, overrides)
 
 
-def _data_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """Prepared data depends on the data section (and seed) only: so does the cache key."""
-    from pipeline.data.prepare import data_key
+def _run_name() -> str:
+    """Flow runs are named after the spec and its overrides, not a random pair of words."""
+    from prefect.runtime import flow_run
+
+    parameters = flow_run.parameters
+    spec = parameters.get("spec")
+    name = Path(spec).stem if isinstance(spec, str) else str((spec or {}).get("name", "inline"))
+    return " ".join([name, *(parameters.get("overrides") or [])])
+
+
+def _data_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+    """Prepared data depends on the data section (and seed) only: so does the cache key, with
+    the folder it lands in (each project has its own) and the state of that folder's meta.json,
+    so a folder prepared again, or removed, is never answered from the cache."""
+    from pipeline.data.prepare import data_key, prepared_dir
 
     s: Spec = parameters["spec"]
-    return f"prepare-{s.data.dataset}-{data_key(s)}"
+    meta = prepared_dir(s).resolve() / "meta.json"
+    try:
+        stat = meta.stat()
+    except OSError:
+        return None  # not prepared: run (and do not cache a key that is about to change)
+    folder = hashlib.sha1(f"{meta.parent}|{stat.st_mtime_ns}|{stat.st_size}".encode())
+    return f"prepare-{s.data.dataset}-{data_key(s)}-{folder.hexdigest()[:12]}"
 
 
-@task(retries=3, retry_delay_seconds=[5, 30, 120], cache_key_fn=_data_key,
-      persist_result=False)
-def prepare_task(spec: Spec) -> str:
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry a failed download (the network may come back), not a mistake in the spec or the
+    data a user can fix (a missing mirror file, a misspelt class): those fail at once."""
+    from pipeline.data.sources import DataError
+
+    try:
+        state.result()
+    except DataError as err:
+        return str(err).startswith("downloading ")
+    except Exception:
+        return True
+    return False
+
+
+@task(retries=3, retry_delay_seconds=[5, 30, 120], retry_condition_fn=_transient,
+      cache_key_fn=_data_key, persist_result=True)
+def prepare_task(spec: Spec, force: bool = False) -> str:
     """Prepare (or find) the spec's data; retried, since a download can fail and succeed later."""
     from pipeline.data.prepare import prepare, report
 
-    prepared = prepare(spec, progress=get_run_logger().info)
+    prepared = prepare(spec, force=force, progress=get_run_logger().info)
     get_run_logger().info("\n" + report(prepared))
     return str(prepared.root)
 
 
 @task
 def train_task(spec: Spec, resume: bool = False) -> dict[str, Any]:
+    from pipeline.orchestrate import training_summary
     from pipeline.train.loop import train
 
-    result = train(spec, resume=resume, log=get_run_logger().info)
-    return {"epochs": len(result.history), "best_epoch": result.best_epoch,
-            "stopped": result.stopped, "last": result.history[-1] if result.history else {},
-            "run_dir": str(result.run_dir)}
+    return training_summary(train(spec, resume=resume, log=get_run_logger().info))
 
 
 @task
@@ -81,22 +119,27 @@ def _artifact_key(spec: Spec) -> str:
     return f"experiment-{safe}"[:64] + "-" + hashlib.sha1(spec.name.encode()).hexdigest()[:6]
 
 
-@flow(name="prepare")
-def prepare_flow(spec: str, overrides: list[str] | None = None) -> str:
-    """Prepare the data of the spec file ``spec`` (with ``-S``-style overrides)."""
-    return prepare_task(_spec(spec, overrides or []))
+@flow(name="prepare", flow_run_name=_run_name)
+def prepare_flow(spec: str | dict[str, Any], overrides: list[str] | None = None,
+                 force: bool = False) -> str:
+    """Prepare the data of the spec file ``spec`` (with ``-S``-style overrides); ``force``
+    prepares again (and bypasses the task cache)."""
+    s = _spec(spec, overrides or [])
+    task = prepare_task.with_options(refresh_cache=True) if force else prepare_task
+    return task(s, force=force)
 
 
-@flow(name="train")
-def train_flow(spec: str, overrides: list[str] | None = None, resume: bool = False
-               ) -> dict[str, Any]:
+@flow(name="train", flow_run_name=_run_name)
+def train_flow(spec: str | dict[str, Any], overrides: list[str] | None = None,
+               resume: bool = False) -> dict[str, Any]:
     s = _spec(spec, overrides or [])
     prepare_task(s)
     return train_task(s, resume=resume)
 
 
-@flow(name="evaluate")
-def evaluate_flow(spec: str, overrides: list[str] | None = None) -> dict[str, float]:
+@flow(name="evaluate", flow_run_name=_run_name)
+def evaluate_flow(spec: str | dict[str, Any], overrides: list[str] | None = None
+                  ) -> dict[str, float]:
     s = _spec(spec, overrides or [])
     metrics = evaluate_task(s)
     create_markdown_artifact(_report(s, None, metrics), key=_artifact_key(s),
@@ -104,11 +147,12 @@ def evaluate_flow(spec: str, overrides: list[str] | None = None) -> dict[str, fl
     return metrics
 
 
-@flow(name="experiment")
-def experiment_flow(spec: str, overrides: list[str] | None = None, resume: bool = False
-                    ) -> dict[str, float]:
-    """prepare -> train -> evaluate for one spec, with the same outputs the DVC stages write;
-    publishes a markdown artifact with the model summary and the metrics."""
+@flow(name="experiment", flow_run_name=_run_name)
+def experiment_flow(spec: str | dict[str, Any], overrides: list[str] | None = None,
+                    resume: bool = False) -> dict[str, float]:
+    """prepare -> train -> evaluate for one spec (a spec file's path, relative to the working
+    directory, or an inline spec) with ``-S``-style overrides; the same outputs the DVC stages
+    write; publishes a markdown artifact with the model summary and the metrics."""
     s = _spec(spec, overrides or [])
     prepare_task(s)
     trained = train_task(s, resume=resume)

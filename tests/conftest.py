@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,12 @@ MIRROR = Path(
     os.environ.get("PIPELINE_DATA_MIRROR")
     or Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 )
+
+# The stage commands run as Prefect flows by default (pipeline.orchestrate, mode auto, which
+# starts a server that outlives the process). Tests that are not about orchestration run them
+# plainly, and none starts a server in the user's home: tests/orchestration sets its own modes.
+os.environ["PIPELINE_ORCHESTRATION"] = "off"
+os.environ["PIPELINE_HOME"] = tempfile.mkdtemp(prefix="pipeline-test-home-")
 
 
 @pytest.fixture

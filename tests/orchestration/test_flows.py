@@ -46,3 +46,69 @@ def test_a_bad_override_fails_the_flow_with_the_located_error(prefect_server, tm
     spec_file.write_text(CONVNET.format(name="flow", per_class=200, epochs=1))
     with pytest.raises(SpecError, match="did you mean 'train'"):
         prepare_flow(str(spec_file), ["trian.epochs=1"])
+
+
+def test_an_inline_spec_is_validated_by_the_same_loader(prefect_server, tmp_path: Path, mirror,
+                                                        monkeypatch):
+    import yaml
+
+    from pipeline.flows import prepare_flow
+    from pipeline.spec import SpecError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PIPELINE_DATA_CACHE", str(tmp_path / "cache"))
+    raw = yaml.safe_load(CONVNET.format(name="inline", per_class=20, epochs=1))
+    root = prepare_flow(raw, ["data.subset.test_per_class=10"])
+    meta = json.loads((Path(root) / "meta.json").read_text())
+    assert sum(meta["counts"]["test"].values()) == 100
+    raw["train"]["epohcs"] = 2
+    with pytest.raises(SpecError, match=r"<inline spec>:\d+:\d+: error: train.epohcs"):
+        prepare_flow(raw, [])
+
+
+def test_prepare_is_cached_on_the_data_section_and_force_refreshes(
+    prefect_server, tmp_path: Path, mirror, monkeypatch
+):
+    from prefect import flow
+
+    from pipeline.flows import _spec, prepare_task
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PIPELINE_DATA_CACHE", str(tmp_path / "cache"))
+    spec_file = tmp_path / "cached.yaml"
+    spec_file.write_text(CONVNET.format(name="cached", per_class=20, epochs=1))
+
+    @flow
+    def states(overrides: list[str]) -> list[str]:
+        s = _spec(str(spec_file), overrides)
+        names = [prepare_task(s, return_state=True).name for _ in range(3)]
+        forced = prepare_task.with_options(refresh_cache=True)(s, force=True, return_state=True)
+        return [*names, forced.name]
+
+    # not prepared yet: no key; prepared: a key, stored on the second call, a hit on the third;
+    # force (pipeline prepare --force) runs whatever the cache holds
+    assert states([]) == ["Completed", "Completed", "Cached", "Completed"]
+    # a section other than data (or seed) keeps the key
+    assert states(["train.epochs=3"])[0] == "Cached"
+    # a folder removed is never answered from the cache
+    for meta in (tmp_path / "data" / "prepared").glob("*/meta.json"):
+        meta.unlink()
+    assert states([])[0] == "Completed"
+
+def test_a_missing_data_file_fails_at_once_without_retries(prefect_server, tmp_path: Path,
+                                                          monkeypatch):
+    import time
+
+    from pipeline.data.sources import DataError
+    from pipeline.flows import prepare_flow
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("PIPELINE_DATA_MIRROR", str(tmp_path / "empty"))
+    monkeypatch.setenv("PIPELINE_DATA_CACHE", str(tmp_path / "cache"))
+    spec_file = tmp_path / "nodata.yaml"
+    spec_file.write_text(CONVNET.format(name="nodata", per_class=20, epochs=1))
+    began = time.monotonic()
+    with pytest.raises(DataError, match="is missing"):
+        prepare_flow(str(spec_file), [])
+    assert time.monotonic() - began < 5  # the first retry would wait 5 s

@@ -121,6 +121,42 @@ def offline_set(spec: Spec, prepared: Any, log: Log) -> tuple[Any, torch.Tensor]
     return images, labels
 
 
+# History columns that describe the run rather than the model; dvclive logs the others.
+_NOT_LIVE = frozenset({"epoch", "phase", "time_s", "train_images_per_s"})
+
+
+def open_live(folder: Path, history: list[dict[str, Any]]) -> Any:
+    """A dvclive logger writing ``folder``: ``metrics.json`` (the latest epoch) and
+    ``plots/metrics/<name>.tsv`` (a row per epoch), which ``dvc exp show``, ``dvc plots`` and
+    DVC's VS Code extension read while a stage runs. It never writes a dvc.yaml (the train stage
+    declares these files) nor saves an experiment itself, and it starts afresh and replays
+    ``history`` (a resumed run's earlier epochs), so the files always match history.csv."""
+    from dvclive import Live
+
+    class _Live(Live):
+        def _init_dvc(self) -> None:
+            # dvclive opens the DVC repo around the working folder here; in a git repo without
+            # DVC it runs `dvc init` there, and in one without commits it raises. Only inside
+            # `dvc repro` / `dvc exp run` (DVC_ROOT set) is there something to gain from it:
+            # experiment bookkeeping and DVC Studio's live updates.
+            if os.environ.get("DVC_ROOT"):
+                with contextlib.suppress(Exception):
+                    super()._init_dvc()
+
+    live = _Live(dir=str(folder), dvcyaml=None, save_dvc_exp=False, report=None)
+    for row in history:
+        log_live(live, row)
+    return live
+
+
+def log_live(live: Any, row: dict[str, Any]) -> None:
+    """One epoch: its losses, metrics and learning rate, then the next step."""
+    for key, value in row.items():
+        if key not in _NOT_LIVE and isinstance(value, int | float) and not isinstance(value, bool):
+            live.log_metric(key, value)
+    live.next_step()
+
+
 class Trainer:
     """One training run of a spec. ``train()`` is the usual entry point."""
 
@@ -298,6 +334,7 @@ class Trainer:
             start_phase = resume_state["phase"]
             torch.set_rng_state(resume_state["rng"].cpu())
             self.log(f"resuming {self.spec.name} after epoch {s.epoch}")
+        self.live = open_live(self.out / "live", self.state.history)
         phases = _phases(self.spec)
         phase_start = sum(p.epochs for p in phases[:start_phase])
         for index in range(start_phase, len(phases)):
@@ -320,6 +357,7 @@ class Trainer:
             phase_start += phase.epochs
             if self.state.stopped:
                 break
+        self.live.end()  # each epoch's files are already written (next_step); end() closes
         if self.state.stopped:
             self.log(self.state.stopped)
         best_path = self.out / "checkpoints" / "best.pt"
@@ -357,6 +395,7 @@ class Trainer:
                 self._save("best", optimizer, schedule, index)
         self._save("last", optimizer, schedule, index)  # always: --resume needs it
         self._write_history()
+        log_live(self.live, row)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float)
                           and k not in ("lr", "time_s", "train_images_per_s"))
         self.log(f"epoch {epoch + 1} [{row['phase']}] lr {lr:.3g} {shown} "

@@ -175,7 +175,7 @@ def prepare(
         # meta.json last: its presence (with matching sizes) is what 'complete' means.
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
         note("wrote meta.json")
-        _install(tmp, target, key, fingerprints)
+        _install(tmp, target, key, fingerprints, replace=force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -261,13 +261,17 @@ def _short(spec: Spec, folder: str) -> str:
     return folder
 
 
-def _install(tmp: Path, target: Path, key: str, fingerprints: dict[str, str]) -> None:
+def _install(
+    tmp: Path, target: Path, key: str, fingerprints: dict[str, str], *, replace: bool = False
+) -> None:
+    """Move ``tmp`` to ``target``. A complete ``target`` found there (a concurrent prepare got
+    there first) is kept, unless ``replace`` (``force``: the user asked for a fresh copy)."""
     try:
         os.replace(tmp, target)  # atomic; fails if a non-empty target is there
         return
     except OSError:
         pass
-    if _complete(target, key, fingerprints):  # a concurrent prepare got there first
+    if not replace and _complete(target, key, fingerprints):
         shutil.rmtree(tmp, ignore_errors=True)
         return
     old = target.parent / f".old-{target.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"

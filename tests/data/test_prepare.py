@@ -236,6 +236,9 @@ def test_prepare_into_an_exact_folder_and_load_it_back_checked(make_spec, tmp_pa
     assert prepare(spec, target=folder).root == folder  # complete: a no-op
     assert (folder / "train_x.npy").stat().st_mtime_ns == mtime
     assert counts(load_prepared_for(spec, folder), "train") == [20] * 10
+    forced = prepare(spec, target=folder, force=True)  # a fresh copy replaces a complete one
+    assert forced.root == folder and (folder / "train_x.npy").stat().st_mtime_ns != mtime
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["tiny"]  # no .old-/.tmp- left
     other = make_spec({**data, "subset": {"train_per_class": 30}})
     with pytest.raises(DataError, match="prepared for another data section"):
         load_prepared_for(other, folder)

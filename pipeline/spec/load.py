@@ -138,18 +138,37 @@ def resolve_raw(raw: Any, file: Path | None, overrides: Sequence[str] = ()) -> A
 
 
 def _located(problems: Iterable[Problem], raw: Any) -> list[Problem]:
-    out, seen = [], set()
+    out: list[Problem] = []
+    seen: dict[tuple, int] = {}
     for p in problems:
         if p.mark is None:
             want_key = p.code == "unknown-key"
             p.mark = (yamlio.key_mark if want_key else yamlio.locate)(raw, p.path)
         if p.mark is not None and p.source_line is None and not p.mark.file.startswith("-S "):
             p.source_line = source_line(p.mark.file, p.mark.line)
-        key = (p.mark, p.message)
+        # one mistake seen through two paths (a bad key in model.defaults, again in each layer
+        # it reaches) is one error: at the same place, of the same kind, report it once, under
+        # the key path where it is written
+        key = (p.mark, p.code or p.message) if p.mark is not None else (None, p.message)
         if key not in seen:
-            seen.add(key)
+            seen[key] = len(out)
             out.append(p)
+        elif _nearness(raw, p) < _nearness(raw, out[seen[key]]):
+            out[seen[key]] = p
     return out
+
+
+def _nearness(raw: Any, p: Problem) -> tuple[float, float]:
+    """How close the mapping or list holding ``p``'s key starts before ``p``'s mark: the key
+    path where a mistake is written beats one it reached through defaults (whose container
+    starts elsewhere, usually later)."""
+    parent = yamlio.locate(raw, p.path[:-1]) if p.path else None
+    mark = p.mark
+    if parent is None or mark is None or parent.file != mark.file:
+        return (float("inf"), float("inf"))
+    if (parent.line, parent.column) > (mark.line, mark.column):
+        return (float("inf"), float("inf"))
+    return (mark.line - parent.line, mark.column - parent.column)
 
 
 def validate_raw(raw: Any, *, base_dir: Path | None = None, check: bool = True) -> Spec:

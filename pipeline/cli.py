@@ -59,20 +59,31 @@ def _parser() -> argparse.ArgumentParser:
     _add_overrides(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--force", action="store_true", help="prepare again even if present")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="prepare into exactly this folder (a DVC stage's output) instead of "
+                   "data/prepared/<dataset>-<hash>")
 
     p = sub.add_parser("train", help="train the spec's model (writes runs/<name>/)")
     p.add_argument("spec", type=Path)
     _add_overrides(p)
     p.add_argument("--resume", action="store_true", help="continue from runs/<name>/last.pt")
+    p.add_argument("--data", type=Path, metavar="DIR",
+                   help="the prepared data folder to use (what 'prepare --out DIR' wrote), "
+                   "checked to match the spec's data section")
 
     p = sub.add_parser("run", help="prepare, train and evaluate as one Prefect flow run")
     p.add_argument("spec", type=Path)
     _add_overrides(p)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--data", type=Path, metavar="DIR",
+                   help="prepare into (or use) exactly this folder")
 
     p = sub.add_parser("evaluate", help="test-split metrics of the trained model (metrics.json)")
     p.add_argument("spec", type=Path)
     _add_overrides(p)
+    p.add_argument("--data", type=Path, metavar="DIR",
+                   help="the prepared data folder to use (what 'prepare --out DIR' wrote), "
+                   "checked to match the spec's data section")
 
     p = sub.add_parser("server", help="the local Prefect server the stage commands share")
     p.add_argument("action", choices=["start", "stop", "status", "url"])
@@ -167,7 +178,7 @@ def _validate(args: argparse.Namespace) -> int:
                 print(p.format(), file=sys.stderr)
             text += (
                 f"{path}: {'FAILED' if errors else 'ok'}"
-                + (f" ({len(errors)} errors)" if errors else "")
+                + (f" ({len(errors)} error{'s' if len(errors) > 1 else ''})" if errors else "")
                 + "\n"
             )
     if args.output and not (args.resolved and failed):  # no half-made resolved spec (dvc.yaml)
@@ -263,7 +274,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
     spec = _load(args)
     prepared = orchestrate.prepare(args.spec, args.overrides, spec, force=args.force,
-                                   progress=lambda m: print(m, file=sys.stderr))
+                                   out=args.out, progress=lambda m: print(m, file=sys.stderr))
     print(report(prepared, as_json=args.json))
     return 0
 
@@ -272,7 +283,8 @@ def _train(args: argparse.Namespace) -> int:
     from pipeline import orchestrate
 
     spec = _load(args)
-    trained = orchestrate.train(args.spec, args.overrides, spec, resume=args.resume)
+    trained = orchestrate.train(args.spec, args.overrides, spec, resume=args.resume,
+                                data=args.data)
     print(f"trained {trained['epochs']} epochs; best epoch {trained['best_epoch']}; "
           f"outputs in {trained['run_dir']}")
     return 0
@@ -282,7 +294,8 @@ def _run(args: argparse.Namespace) -> int:
     from pipeline import orchestrate
 
     spec = _load(args)
-    metrics = orchestrate.experiment(args.spec, args.overrides, spec, resume=args.resume)
+    metrics = orchestrate.experiment(args.spec, args.overrides, spec, resume=args.resume,
+                                     data=args.data)
     print(f"test_accuracy {metrics['test_accuracy']:.4f}")
     return 0
 
@@ -336,7 +349,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from pipeline import orchestrate
 
     spec = _load(args)
-    metrics = orchestrate.evaluate(args.spec, args.overrides, spec)
+    metrics = orchestrate.evaluate(args.spec, args.overrides, spec, data=args.data)
     for key, value in metrics.items():
         if "/" not in key:
             print(f"{key:24} {value:.4f}" if isinstance(value, float) else f"{key:24} {value}")

@@ -48,7 +48,8 @@ def _data_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None
     from pipeline.data.prepare import data_key, prepared_dir
 
     s: Spec = parameters["spec"]
-    meta = prepared_dir(s).resolve() / "meta.json"
+    out = parameters.get("out")
+    meta = (Path(out) if out else prepared_dir(s)).resolve() / "meta.json"
     try:
         stat = meta.stat()
     except OSError:
@@ -73,28 +74,31 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
 
 @task(retries=3, retry_delay_seconds=[5, 30, 120], retry_condition_fn=_transient,
       cache_key_fn=_data_key, persist_result=True)
-def prepare_task(spec: Spec, force: bool = False) -> str:
-    """Prepare (or find) the spec's data; retried, since a download can fail and succeed later."""
+def prepare_task(spec: Spec, force: bool = False, out: str | None = None) -> str:
+    """Prepare (or find) the spec's data, in ``out`` when given; retried, since a download can
+    fail and succeed later."""
     from pipeline.data.prepare import prepare, report
 
-    prepared = prepare(spec, force=force, progress=get_run_logger().info)
+    prepared = prepare(spec, force=force, progress=get_run_logger().info, target=out)
     get_run_logger().info("\n" + report(prepared))
     return str(prepared.root)
 
 
 @task
-def train_task(spec: Spec, resume: bool = False) -> dict[str, Any]:
-    from pipeline.orchestrate import training_summary
+def train_task(spec: Spec, resume: bool = False, data: str | None = None) -> dict[str, Any]:
+    from pipeline.orchestrate import prepared_for, training_summary
     from pipeline.train.loop import train
 
-    return training_summary(train(spec, resume=resume, log=get_run_logger().info))
+    return training_summary(train(spec, prepared=prepared_for(spec, data), resume=resume,
+                                  log=get_run_logger().info))
 
 
 @task
-def evaluate_task(spec: Spec) -> dict[str, float]:
+def evaluate_task(spec: Spec, data: str | None = None) -> dict[str, float]:
     from pipeline.evaluate import evaluate
+    from pipeline.orchestrate import prepared_for
 
-    return evaluate(spec)
+    return evaluate(spec, prepared=prepared_for(spec, data), log=get_run_logger().info)
 
 
 def _report(spec: Spec, trained: dict[str, Any] | None, metrics: dict[str, float] | None) -> str:
@@ -121,27 +125,29 @@ def _artifact_key(spec: Spec) -> str:
 
 @flow(name="prepare", flow_run_name=_run_name)
 def prepare_flow(spec: str | dict[str, Any], overrides: list[str] | None = None,
-                 force: bool = False) -> str:
-    """Prepare the data of the spec file ``spec`` (with ``-S``-style overrides); ``force``
-    prepares again (and bypasses the task cache)."""
+                 force: bool = False, out: str | None = None) -> str:
+    """Prepare the data of the spec file ``spec`` (with ``-S``-style overrides), in the folder
+    ``out`` when given (else ``data/prepared/<dataset>-<hash>``); ``force`` prepares again (and
+    bypasses the task cache). Returns the prepared folder."""
     s = _spec(spec, overrides or [])
     task = prepare_task.with_options(refresh_cache=True) if force else prepare_task
-    return task(s, force=force)
+    return task(s, force=force, out=out)
 
 
 @flow(name="train", flow_run_name=_run_name)
 def train_flow(spec: str | dict[str, Any], overrides: list[str] | None = None,
-               resume: bool = False) -> dict[str, Any]:
+               resume: bool = False, data: str | None = None) -> dict[str, Any]:
+    """Train on the prepared folder ``data`` (checked against the data section), or on the
+    spec's own prepared data, prepared first when missing."""
     s = _spec(spec, overrides or [])
-    prepare_task(s)
-    return train_task(s, resume=resume)
+    return train_task(s, resume=resume, data=data or prepare_task(s))
 
 
 @flow(name="evaluate", flow_run_name=_run_name)
-def evaluate_flow(spec: str | dict[str, Any], overrides: list[str] | None = None
-                  ) -> dict[str, float]:
+def evaluate_flow(spec: str | dict[str, Any], overrides: list[str] | None = None,
+                  data: str | None = None) -> dict[str, float]:
     s = _spec(spec, overrides or [])
-    metrics = evaluate_task(s)
+    metrics = evaluate_task(s, data=data)
     create_markdown_artifact(_report(s, None, metrics), key=_artifact_key(s),
                              description=f"{s.name}: test metrics")
     return metrics
@@ -149,14 +155,15 @@ def evaluate_flow(spec: str | dict[str, Any], overrides: list[str] | None = None
 
 @flow(name="experiment", flow_run_name=_run_name)
 def experiment_flow(spec: str | dict[str, Any], overrides: list[str] | None = None,
-                    resume: bool = False) -> dict[str, float]:
+                    resume: bool = False, data: str | None = None) -> dict[str, float]:
     """prepare -> train -> evaluate for one spec (a spec file's path, relative to the working
-    directory, or an inline spec) with ``-S``-style overrides; the same outputs the DVC stages
-    write; publishes a markdown artifact with the model summary and the metrics."""
+    directory, or an inline spec) with ``-S``-style overrides, preparing into the folder
+    ``data`` when given; the same outputs the DVC stages write; publishes a markdown artifact
+    with the model summary and the metrics."""
     s = _spec(spec, overrides or [])
-    prepare_task(s)
-    trained = train_task(s, resume=resume)
-    metrics = evaluate_task(s)
+    root = prepare_task(s, out=data)
+    trained = train_task(s, resume=resume, data=root)
+    metrics = evaluate_task(s, data=root)
     create_markdown_artifact(_report(s, trained, metrics), key=_artifact_key(s),
                              description=f"{s.name}: summary and test metrics")
     return metrics

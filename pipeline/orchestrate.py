@@ -374,46 +374,67 @@ def _flow(name: str, **parameters: Any) -> Any:
         return getattr(flows, name)(**parameters)
 
 
+def _str(path: str | Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def prepared_for(spec: Any, data: str | Path | None) -> Any:
+    """The ``Prepared`` data a stage uses: the folder ``data`` (a DVC stage's dependency,
+    written by ``prepare --out``), checked to hold this spec's data section; with None, the
+    spec's own ``data/prepared/<dataset>-<hash>`` folder, prepared when missing."""
+    from pipeline.data.prepare import load_prepared_for
+    from pipeline.data.prepare import prepare as prepare_spec
+
+    return prepare_spec(spec) if data is None else load_prepared_for(spec, data)
+
+
 def prepare(spec_path: str | Path, overrides: list[str], spec: Any, *, force: bool = False,
-            progress: Callable[[str], None] | None = None) -> Any:
-    """The spec's prepared data (``Prepared``), through the ``prepare`` flow unless ``off``."""
+            out: str | Path | None = None, progress: Callable[[str], None] | None = None) -> Any:
+    """The spec's prepared data (``Prepared``), in ``out`` when given, through the ``prepare``
+    flow unless ``off``."""
     from pipeline.data.prepare import load_prepared
     from pipeline.data.prepare import prepare as prepare_spec
 
     if mode() == "off":
-        return prepare_spec(spec, force=force, progress=progress)
-    root = _flow("prepare_flow", spec=str(spec_path), overrides=list(overrides), force=force)
+        return prepare_spec(spec, force=force, progress=progress, target=out)
+    root = _flow("prepare_flow", spec=str(spec_path), overrides=list(overrides), force=force,
+                 out=_str(out))
     return load_prepared(root, mmap=True)
 
 
-def train(spec_path: str | Path, overrides: list[str], spec: Any, *, resume: bool = False
-          ) -> dict[str, Any]:
+def train(spec_path: str | Path, overrides: list[str], spec: Any, *, resume: bool = False,
+          data: str | Path | None = None) -> dict[str, Any]:
     if mode() == "off":
         from pipeline.train.loop import train as train_spec
 
-        return training_summary(train_spec(spec, resume=resume))
-    return _flow("train_flow", spec=str(spec_path), overrides=list(overrides), resume=resume)
+        return training_summary(train_spec(spec, prepared=prepared_for(spec, data),
+                                           resume=resume))
+    return _flow("train_flow", spec=str(spec_path), overrides=list(overrides), resume=resume,
+                 data=_str(data))
 
 
-def evaluate(spec_path: str | Path, overrides: list[str], spec: Any) -> dict[str, Any]:
+def evaluate(spec_path: str | Path, overrides: list[str], spec: Any, *,
+             data: str | Path | None = None) -> dict[str, Any]:
     if mode() == "off":
         from pipeline.evaluate import evaluate as evaluate_spec
 
-        return evaluate_spec(spec)
-    return _flow("evaluate_flow", spec=str(spec_path), overrides=list(overrides))
+        return evaluate_spec(spec, prepared=prepared_for(spec, data))
+    return _flow("evaluate_flow", spec=str(spec_path), overrides=list(overrides),
+                 data=_str(data))
 
 
-def experiment(spec_path: str | Path, overrides: list[str], spec: Any, *, resume: bool = False
-               ) -> dict[str, Any]:
+def experiment(spec_path: str | Path, overrides: list[str], spec: Any, *, resume: bool = False,
+               data: str | Path | None = None) -> dict[str, Any]:
     if mode() == "off":
         from pipeline.data.prepare import prepare as prepare_spec
         from pipeline.evaluate import evaluate as evaluate_spec
         from pipeline.train.loop import train as train_spec
 
-        prepare_spec(spec, progress=lambda m: print(m, file=sys.stderr))
-        train_spec(spec, resume=resume)
-        return evaluate_spec(spec)
-    return _flow("experiment_flow", spec=str(spec_path), overrides=list(overrides), resume=resume)
+        prepared = prepare_spec(spec, progress=lambda m: print(m, file=sys.stderr), target=data)
+        train_spec(spec, prepared=prepared, resume=resume)
+        return evaluate_spec(spec, prepared=prepared)
+    return _flow("experiment_flow", spec=str(spec_path), overrides=list(overrides),
+                 resume=resume, data=_str(data))
 
 
 # ---- deployment ------------------------------------------------------------------------------

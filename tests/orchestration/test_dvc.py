@@ -173,6 +173,9 @@ def test_repro_runs_every_stage_and_writes_metrics_and_live_metrics(repo: Repo):
     tracked = repo.run("git", "ls-files", "runs").stdout.split()
     assert "runs/tiny/metrics.json" in tracked and "runs/tiny/spec.yaml" in tracked
     assert not any("checkpoints" in f for f in tracked)  # those are DVC's, not git's
+    prepared = json.loads((repo.root / "data" / "prepared" / "tiny" / "meta.json").read_text())
+    counts = {split: sum(c.values()) for split, c in prepared["counts"].items()}
+    assert counts == {"train": 2000, "val": 500, "test": 500}, counts  # the stage's own output
 
 
 def test_a_second_repro_runs_nothing(repo: Repo):
@@ -208,7 +211,7 @@ def test_a_data_change_reruns_every_stage(repo: Repo):
     repo.commit("60 test images per class")
 
 
-def test_a_local_remote_pushes_and_a_clone_pulls_the_same_checkpoints(repo: Repo):
+def test_a_local_remote_pushes_and_a_clone_pulls_the_same_data_and_checkpoints(repo: Repo):
     remote = repo.root.parent / "remote"
     repo.run("dvc", "remote", "add", "-d", "local", str(remote))
     repo.commit("a local DVC remote")
@@ -216,15 +219,23 @@ def test_a_local_remote_pushes_and_a_clone_pulls_the_same_checkpoints(repo: Repo
     assert re.search(r"\b[1-9]\d* files? pushed", pushed.stdout), pushed.stdout
     clone = repo.root.parent / "clone"
     repo.run("git", "clone", "-q", str(repo.root), str(clone))
+    prepared = Path("data", "prepared", "tiny")
     assert not (clone / "runs" / "tiny" / "checkpoints").exists()
+    assert not (clone / prepared).exists()
     repo.run("dvc", "pull", cwd=clone)
-    names = sorted(p.name for p in (repo.out / "checkpoints").iterdir())
-    assert names == ["best.pt", "last.pt"]
-    for name in names:
-        a, b = repo.out / "checkpoints" / name, clone / "runs" / "tiny" / "checkpoints" / name
-        assert md5(a) == md5(b), name
-    # git brought the metrics and the resolved spec, DVC the checkpoints: nothing to re-run
+    files = [Path("runs", "tiny", "checkpoints", n) for n in ("best.pt", "last.pt")]
+    files += sorted(p.relative_to(repo.root) for p in (repo.root / prepared).iterdir())
+    assert prepared / "meta.json" in files and prepared / "train_x.npy" in files
+    for name in files:
+        assert md5(repo.root / name) == md5(clone / name), name
+    # git brought the metrics and the resolved spec, DVC the data and checkpoints: nothing to
+    # re-run, and evaluating in the clone uses the pulled data and model (the same metrics)
     assert "Data and pipelines are up to date" in repo.run("dvc", "status", cwd=clone).stdout
+    again = repo.run("dvc", "repro", "--single-item", "--force", "evaluate@tiny", cwd=clone)
+    assert ran(again.stdout) == {"evaluate"}, again.stdout
+    metrics = [json.loads((r / "runs" / "tiny" / "metrics.json").read_text())
+               for r in (repo.root, clone)]
+    assert metrics[0]["test_accuracy"] == metrics[1]["test_accuracy"]
 
 
 def test_an_experiment_with_an_override_shows_its_param_and_metrics(repo: Repo):

@@ -52,8 +52,11 @@ def project(tmp_path: Path, mirror: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def test_off_mode_runs_the_library_functions_without_importing_prefect(project, tmp_path, mirror):
+    # the DVC stages' form: prepare into a folder, train and evaluate on it
     code = ("import sys\nfrom pipeline.cli import main\n"
-            "codes = [main([c, 'specs/tiny.yaml']) for c in ('prepare', 'train', 'evaluate')]\n"
+            "codes = [main(['prepare', 'specs/tiny.yaml', '--out', 'data/prepared/tiny'])]\n"
+            "codes += [main([c, 'specs/tiny.yaml', '--data', 'data/prepared/tiny'])\n"
+            "          for c in ('train', 'evaluate')]\n"
             "assert codes == [0, 0, 0], codes\n"
             "assert not [m for m in sys.modules if m.startswith('prefect')], 'prefect imported'\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True,
@@ -63,7 +66,14 @@ def test_off_mode_runs_the_library_functions_without_importing_prefect(project, 
     assert "trained 1 epochs; best epoch 1; outputs in runs/tiny" in done.stdout
     assert "test_accuracy" in done.stdout
     assert (project / "runs" / "tiny" / "metrics.json").is_file()
+    assert sorted(p.name for p in (project / "data" / "prepared").iterdir()) == ["tiny"]
     assert not (tmp_path / "home" / "prefect-server.json").exists()
+    # a folder prepared for another data section is refused, in one line
+    other, _ = _pipeline("train", "specs/tiny.yaml", "--data", "data/prepared/tiny",
+                         "-S", "data.subset.train_per_class=30", cwd=project,
+                         env=_env(tmp_path, mirror, PIPELINE_ORCHESTRATION="off"))
+    assert other.returncode == 1 and "Traceback" not in other.stderr
+    assert "data/prepared/tiny holds data prepared for another data section" in other.stderr
 
 
 def test_one_server_is_started_reused_by_the_next_stage_and_stopped(project, tmp_path, mirror):
@@ -78,8 +88,8 @@ def test_one_server_is_started_reused_by_the_next_stage_and_stopped(project, tmp
     # the next stage (here with an unreachable PREFECT_API_URL, which auto mode passes over)
     # finds the running server: no start-up to pay
     unreachable = f"http://127.0.0.1:{orchestrate._free_port()}/api"
-    second, second_s = _pipeline("prepare", "specs/tiny.yaml", cwd=project,
-                                 env=env | {"PREFECT_API_URL": unreachable})
+    second, second_s = _pipeline("prepare", "specs/tiny.yaml", "--out", "data/prepared/tiny",
+                                 cwd=project, env=env | {"PREFECT_API_URL": unreachable})
     assert second.returncode == 0, second.stderr
     assert "started a local Prefect server" not in second.stderr
     assert f"{unreachable} (PREFECT_API_URL) does not answer" in second.stderr
@@ -98,6 +108,8 @@ def test_one_server_is_started_reused_by_the_next_stage_and_stopped(project, tmp
     assert flows == {"prepare"}
     assert [(r.name, r.state.type.value) for r in runs] == [("tiny", "COMPLETED")] * 2
     assert all(r.parameters["spec"] == "specs/tiny.yaml" for r in runs)
+    assert sorted(str(r.parameters.get("out")) for r in runs) == ["None", "data/prepared/tiny"]
+    assert (project / "data" / "prepared" / "tiny" / "meta.json").is_file()
 
     # an error a user can act on, inside a flow run: one line and exit 1, as without Prefect
     (tmp_path / "empty").mkdir()

@@ -174,9 +174,7 @@ class Trainer:
         L.set_trainable(L.select(self.model, t.freeze), False)
         # what each phase starts from: the layers' own trainable flags and train.freeze
         self.base_trainable = {id(p): p.requires_grad for p in self.model.parameters()}
-        convs = any(isinstance(m, nn.Conv2d) for m in self.model.modules())
-        self.memory_format = (torch.channels_last if convs and t.channels_last in (True, "auto")
-                              else None)
+        self.memory_format = runtime.memory_format(self.model, t.channels_last)
         if self.memory_format is not None:
             self.model = self.model.to(memory_format=self.memory_format)
         self.forward = torch.compile(self.model) if t.compile else self.model

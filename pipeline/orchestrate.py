@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.proc import pid_alive
+
 MODES = ("auto", "server", "ephemeral", "off")
 MODE_ENV = "PIPELINE_ORCHESTRATION"
 DEFAULT_POOL = "pipeline-local"
@@ -79,7 +81,7 @@ class Server:
     started: float
 
     def healthy(self, timeout: float = 1.0) -> bool:
-        return _alive(self.pid) and healthy(self.url, timeout)
+        return pid_alive(self.pid) and healthy(self.url, timeout)
 
 
 def state_file() -> Path:
@@ -107,27 +109,12 @@ def reachable(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
-    except (OSError, IndexError):
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _is_prefect(pid: int) -> bool:
     """Guards against killing an unrelated process that got a recorded pid after a reboot."""
     try:
         return b"prefect" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return _alive(pid)  # no /proc: trust the state file
+        return pid_alive(pid)  # no /proc: trust the state file
 
 
 def read_state() -> Server | None:
@@ -197,7 +184,7 @@ def _stop_group(pid: int, timeout: float = 10.0) -> None:
         while time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)  # reap it when this process started it
-            if not _alive(pid):
+            if not pid_alive(pid):
                 return
             time.sleep(0.1)
 
@@ -246,7 +233,7 @@ def ensure_server(port: int | None = None) -> tuple[Server, bool]:
         return server, False
     with _lock():
         server = read_state()  # another stage may have started it while this one waited
-        if server and _alive(server.pid):
+        if server and pid_alive(server.pid):
             deadline = time.monotonic() + 10  # alive but slow to answer: busy, not dead
             while time.monotonic() < deadline:
                 if healthy(server.url, timeout=1.0):
@@ -266,7 +253,7 @@ def stop_server() -> Server | None:
         server = read_state()
         if server is None:
             return None
-        if _alive(server.pid) and _is_prefect(server.pid):
+        if pid_alive(server.pid) and _is_prefect(server.pid):
             _stop_group(server.pid)
         state_file().unlink(missing_ok=True)
         return server

@@ -24,6 +24,7 @@ import torch
 
 from pipeline.data import select as sel
 from pipeline.data.sources import DataError, RawData, folder_fingerprint, read_source
+from pipeline.proc import pid_alive
 from pipeline.spec.base import pair
 
 if TYPE_CHECKING:
@@ -285,18 +286,8 @@ def _remove_stale(target: Path) -> None:
     for prefix in (f".tmp-{target.name}-", f".old-{target.name}-"):
         for path in target.parent.glob(prefix + "*"):
             pid = path.name.removeprefix(prefix).split("-")[0]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ---- read back -----------------------------------------------------------------------------

@@ -47,7 +47,7 @@ def project(tmp_path: Path, mirror: Path, monkeypatch: pytest.MonkeyPatch):
     finally:
         server = orchestrate.read_state()
         orchestrate.stop_server()
-        if server and orchestrate._alive(server.pid):  # pragma: no cover - last resort
+        if server and orchestrate.pid_alive(server.pid):  # pragma: no cover - last resort
             os.killpg(server.pid, 9)
 
 
@@ -124,7 +124,7 @@ def test_one_server_is_started_reused_by_the_next_stage_and_stopped(project, tmp
     # `pipeline server stop` stops it; two processes starting it at once start one server
     stopped, _ = _pipeline("server", "stop", env=env, cwd=project)
     assert f"stopped {state['url']}" in stopped.stdout
-    assert not orchestrate._alive(state["pid"])
+    assert not orchestrate.pid_alive(state["pid"])
     assert not (tmp_path / "home" / "prefect-server.json").exists()
     starts = [subprocess.Popen([sys.executable, "-m", "pipeline.cli", "server", "start"],
                                env=env, cwd=project, stdout=subprocess.PIPE, text=True)

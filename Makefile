@@ -18,10 +18,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The default experiment as users run it: `dvc repro` (resolve, prepare, train, evaluate of each
+# spec in params.yaml), its stages running as Prefect flow runs on the pipeline's local server.
 run: $(STAMP)
-	$(BIN)/pipeline validate specs/mnist_convnet.yaml
-	$(BIN)/pipeline validate specs/mnist_convnet.yaml
-	$(BIN)/pipeline summary specs/mnist_convnet.yaml
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+	@$(BIN)/python -c "import json; m = json.load(open('runs/mnist_convnet/metrics.json')); \
+	print(f\"test accuracy {m['test_accuracy']:.4f}, macro F1 {m['macro_f1']:.4f} \
+	(runs/mnist_convnet/metrics.json; dvc metrics show lists them all)\")"
+	@url=$$($(BIN)/pipeline server url 2>/dev/null) && echo "flow runs: $${url%/api}/runs \
+	(the local Prefect server keeps running; 'pipeline server stop' stops it)" || true
 
 test: $(STAMP)
 	$(BIN)/ruff check pipeline tests benchmarks

@@ -10,7 +10,10 @@ uint8 -> float step is counted for all.
 - ours: ``build_augment`` on whole batches, torch threads = 2 (one warp per batch);
 - v2 DataLoader: ``RandomAffine`` + ``RandomHorizontalFlip`` per image (uint8 tensors) in a
   map-style dataset, ``DataLoader(num_workers=2, persistent_workers=True)``, the idiomatic way;
-- v2 in process: the same dataset with ``num_workers=0``.
+- v2 in process: the same dataset with ``num_workers=0``;
+- kernel alone: the same batches through ``to_float`` and one ``grid_sample`` on an identity
+  grid (built once), no augmentation: the most any warp built on that kernel can reach here
+  (a rotated grid only makes the kernel slower), so its ratio bounds ours.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from pipeline import runtime
 from pipeline.data.augment import build_augment, to_float
 from pipeline.spec.data import AugmentSection
 
@@ -86,6 +90,24 @@ def ours(x: torch.Tensor, batch: int, interpolation: str) -> Callable[[], int]:
     return epoch
 
 
+def kernel_alone(x: torch.Tensor, batch: int, interpolation: str) -> Callable[[], int]:
+    import torch.nn.functional as F
+
+    theta = torch.eye(2, 3).expand(batch, 2, 3)
+    grid = F.affine_grid(theta, [batch, *x.shape[1:]], align_corners=False)
+    g = torch.Generator().manual_seed(0)
+
+    def epoch() -> int:
+        order = torch.randperm(len(x), generator=g)
+        for start in range(0, len(x), batch):
+            xb = to_float(x[order[start : start + batch]])
+            out = F.grid_sample(xb, grid[: len(xb)], mode=interpolation, align_corners=False)
+        assert out.dtype == torch.float32
+        return len(x)
+
+    return epoch
+
+
 def loader(x: torch.Tensor, batch: int, workers: int, interpolation: str) -> Callable[[], int]:
     data = PerImage(x, torch.zeros(len(x), dtype=torch.long), v2_transform(interpolation))
     dl = DataLoader(
@@ -119,24 +141,31 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed epochs (best reported)")
     parser.add_argument("--interpolation", nargs="+", default=["bilinear", "nearest"],
                         choices=["bilinear", "nearest"], help="the same for ours and v2")
+    parser.add_argument("--allocator", choices=["tuned", "default"], default="tuned",
+                        help="tuned: runtime.tune_allocator(), as pipeline train runs; for the "
+                        "whole process, so the DataLoader's forked workers have it too")
     args = parser.parse_args()
+    if args.allocator == "tuned":
+        runtime.tune_allocator()
     torch.set_num_threads(2)
     cpu = platform.processor() or platform.machine()
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     # Other processes on a 2-core machine skew every row; the load average says how much.
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs ({cpu}), threads = 2, load {load}\n")
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs ({cpu}), threads = 2, "
+          f"allocator {args.allocator}, load {load}\n")
     print("| images | batch | interpolation | ours (batched) img/s | v2 DataLoader 2 workers "
-          "img/s | ratio | v2 0 workers img/s | ratio |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+          "img/s | ratio | v2 0 workers img/s | ratio | kernel alone img/s | its ratio |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for (c, h, w), batch in SHAPES:
         x = torch.randint(0, 256, (batch * args.batches, c, h, w), dtype=torch.uint8)
         for mode in args.interpolation:
             fast = images_per_second(ours(x, batch, mode), args.repeats)
             two = images_per_second(loader(x, batch, 2, mode), args.repeats)
             zero = images_per_second(loader(x, batch, 0, mode), args.repeats)
+            kernel = images_per_second(kernel_alone(x, batch, mode), args.repeats)
             print(
                 f"| {h}x{w}x{c} | {batch} | {mode} | {fast:,.0f} | {two:,.0f} | {fast / two:.1f}x "
-                f"| {zero:,.0f} | {fast / zero:.1f}x |"
+                f"| {zero:,.0f} | {fast / zero:.1f}x | {kernel:,.0f} | {kernel / two:.1f}x |"
             )
     print(f"\nload average after: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
 

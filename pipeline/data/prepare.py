@@ -89,15 +89,25 @@ def data_key(spec: Spec) -> str:
     d = spec.data.model_dump(mode="json", exclude_defaults=True, exclude={"mirror", "download"})
     for k in ("path", "test_path"):
         if d.get(k):
-            d[k] = str(spec.path_of(d[k]))
+            d[k] = _portable(spec.path_of(d[k]))
     if d.get("validation", {}).get("path"):
-        d["validation"]["path"] = str(spec.path_of(d["validation"]["path"]))
+        d["validation"]["path"] = _portable(spec.path_of(d["validation"]["path"]))
     d.pop("seed", None)
     if _uses_seed(spec):
         d["seed"] = split_seed(spec)
     d["format"] = FORMAT
     text = json.dumps(d, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def _portable(folder: str | Path) -> str:
+    """An image folder as the data key sees it: relative to the working folder (a DVC stage's
+    is the repository root), so the same project elsewhere (a clone that pulled its prepared
+    data) has the same key, while two spec files naming different folders do not."""
+    try:
+        return os.path.relpath(folder)
+    except ValueError:  # another drive
+        return str(folder)
 
 
 def prepared_dir(spec: Spec, out_root: str | Path = "data/prepared") -> Path:

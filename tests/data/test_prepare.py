@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -336,6 +337,28 @@ def test_changed_image_folder_is_prepared_again(make_spec, tmp_path):
     assert prepare(spec, tmp_path / "out").meta["counts"]["train"] == {"a": 1, "b": 1}
     Image.new("L", (8, 8), 90).save(tmp_path / "imgs" / "b" / "1.png")
     assert prepare(spec, tmp_path / "out").meta["counts"]["train"] == {"a": 1, "b": 2}
+
+
+def test_an_image_folder_project_moved_elsewhere_keeps_its_prepared_data(
+    make_spec, tmp_path, monkeypatch
+):
+    # a DVC clone at another path pulls data/prepared/<spec>: the key must not hold the
+    # absolute path of the image folder, or load_prepared_for would refuse the pulled folder
+    first, second = tmp_path / "first", tmp_path / "second"
+    for name in ("a", "b"):
+        (first / "imgs" / name).mkdir(parents=True)
+        Image.new("L", (8, 8), 40).save(first / "imgs" / name / "0.png")
+    data = {"dataset": "image_folder", "path": "imgs", "color_mode": "grayscale"}
+    monkeypatch.chdir(first)
+    prepare(spec_from(data, first), target="data/prepared/x")
+    shutil.copytree(first, second)
+    monkeypatch.chdir(second)
+    moved = load_prepared_for(spec_from(data, second), "data/prepared/x")
+    assert moved.meta["counts"]["train"] == {"a": 1, "b": 1}
+    # a spec naming another folder still has another key
+    (second / "other" / "a").mkdir(parents=True)
+    with pytest.raises(DataError, match="prepared for another data section"):
+        load_prepared_for(spec_from({**data, "path": "other"}, second), "data/prepared/x")
 
 
 # ---- reading back ------------------------------------------------------------------------------

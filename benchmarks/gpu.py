@@ -1,7 +1,7 @@
 """The GPU figures issues #3 and #4 ask for, in one short run for a lent GPU machine.
 
     PIPELINE_DATA_MIRROR=../shared/datasets .venv/bin/python benchmarks/gpu.py
-    .venv/bin/python -m pytest -q -k cuda tests/data/test_augment.py tests/model/test_model_build.py
+    .venv/bin/python -m pytest -q -k cuda tests/data tests/model/test_model_build.py
 
 1. Training: ``specs/mnist_convnet.yaml`` on the device as ``pipeline train`` runs it there
    (``train.precision: auto`` = bf16 autocast on CUDA, channels_last, the prepared uint8 data

@@ -139,3 +139,17 @@ def test_small_memmap_is_loaded_not_streamed(tmp_path):
     np.save(tmp_path / "x.npy", x.numpy())
     loader = BatchLoader(np.load(tmp_path / "x.npy", mmap_mode="r"), y, 7, shuffle=True)
     assert not loader.stream and sorted(order(loader)) == list(range(30))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("resident", [True, False], ids=["resident", "pinned"])
+def test_cuda_batches_equal_the_cpu_batches(resident):
+    data = indexed(300, c=3)
+    cpu = BatchLoader(*data, 64, shuffle=True, seed=3, mean=[0.5] * 3, std=[0.25] * 3)
+    gpu = BatchLoader(*data, 64, shuffle=True, seed=3, mean=[0.5] * 3, std=[0.25] * 3,
+                      device="cuda", resident=resident)
+    for _ in range(2):  # the pinned path double-buffers: a second epoch reuses its buffers
+        pairs = list(zip(cpu, gpu, strict=True))
+        for (xc, yc), (xg, yg) in pairs:
+            assert xg.device.type == "cuda" and yg.device.type == "cuda"
+            assert torch.equal(yc, yg.cpu()) and torch.allclose(xc, xg.cpu(), atol=1e-6)

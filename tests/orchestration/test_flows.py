@@ -29,8 +29,10 @@ def test_experiment_flow_writes_the_stage_outputs_and_an_artifact(
     monkeypatch.chdir(tmp_path)
     spec_file = tmp_path / "flow.yaml"
     spec_file.write_text(CONVNET.format(name="flow", per_class=200, epochs=1))
-    metrics = experiment_flow(str(spec_file), ["train.epochs=1"])
+    # data=: prepare into that folder (as dvc.yaml's prepare stage does), train and evaluate on it
+    metrics = experiment_flow(str(spec_file), ["train.epochs=1"], data="data/prepared/flow")
     assert metrics["test_accuracy"] > 0.8
+    assert [p.name for p in (tmp_path / "data" / "prepared").iterdir()] == ["flow"]
     saved = json.loads((tmp_path / "runs" / "flow" / "metrics.json").read_text())
     assert saved["test_accuracy"] == metrics["test_accuracy"]
     artifact = Artifact.get(_artifact_key(load_spec(spec_file)))

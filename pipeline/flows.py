@@ -110,6 +110,11 @@ def _report(spec: Spec, trained: dict[str, Any] | None, metrics: dict[str, float
         lines += ["## Training", "", f"{trained['epochs']} epochs, best epoch "
                   f"{trained['best_epoch']}" + (f"; {trained['stopped']}" if trained["stopped"]
                                                 else ""), ""]
+        last = {k: v for k, v in (trained.get("last") or {}).items()
+                if isinstance(v, float) and k not in ("time_s", "train_images_per_s")}
+        if last:
+            lines += ["| last epoch | value |", "| --- | --- |"]
+            lines += [f"| {k} | {v:.4g} |" for k, v in last.items()] + [""]
     if metrics:
         lines += ["## Test metrics", "", "| metric | value |", "| --- | --- |"]
         lines += [f"| {k} | {v:.4f} |" for k, v in metrics.items()
@@ -140,7 +145,10 @@ def train_flow(spec: str | dict[str, Any], overrides: list[str] | None = None,
     """Train on the prepared folder ``data`` (checked against the data section), or on the
     spec's own prepared data, prepared first when missing."""
     s = _spec(spec, overrides or [])
-    return train_task(s, resume=resume, data=data or prepare_task(s))
+    trained = train_task(s, resume=resume, data=data or prepare_task(s))
+    create_markdown_artifact(_report(s, trained, None), key=_artifact_key(s),
+                             description=f"{s.name}: summary and training metrics")
+    return trained
 
 
 @flow(name="evaluate", flow_run_name=_run_name)

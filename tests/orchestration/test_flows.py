@@ -37,7 +37,26 @@ def test_experiment_flow_writes_the_stage_outputs_and_an_artifact(
     assert saved["test_accuracy"] == metrics["test_accuracy"]
     artifact = Artifact.get(_artifact_key(load_spec(spec_file)))
     assert artifact is not None and "Total params" in artifact.data
-    assert "test_accuracy" in artifact.data
+    assert "test_accuracy" in artifact.data and "| last epoch |" in artifact.data
+
+
+def test_train_flow_publishes_the_summary_and_the_last_epoch(
+    prefect_server, tmp_path: Path, mirror, monkeypatch
+):
+    from prefect.artifacts import Artifact
+
+    from pipeline.flows import _artifact_key, train_flow
+    from pipeline.spec import load_spec
+
+    monkeypatch.chdir(tmp_path)
+    spec_file = tmp_path / "trained.yaml"
+    spec_file.write_text(CONVNET.format(name="trained", per_class=20, epochs=1))
+    trained = train_flow(str(spec_file))
+    assert trained["epochs"] == 1 and (tmp_path / "runs" / "trained" / "history.csv").is_file()
+    artifact = Artifact.get(_artifact_key(load_spec(spec_file)))
+    assert artifact is not None and "Total params" in artifact.data
+    val = f"| val_accuracy | {trained['last']['val_accuracy']:.4g} |"
+    assert val in artifact.data and "Test metrics" not in artifact.data
 
 
 def test_a_bad_override_fails_the_flow_with_the_located_error(prefect_server, tmp_path: Path):

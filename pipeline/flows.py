@@ -103,6 +103,7 @@ def evaluate_task(spec: Spec, data: str | None = None) -> dict[str, float]:
 
 def _report(spec: Spec, trained: dict[str, Any] | None, metrics: dict[str, float] | None) -> str:
     from pipeline.model.summary import summarize
+    from pipeline.train.loop import RUN_COLUMNS
 
     lines = [f"# {spec.name}", "", spec.description or "", "", "## Model", "", "```",
              summarize(spec).table(), "```", ""]
@@ -111,7 +112,7 @@ def _report(spec: Spec, trained: dict[str, Any] | None, metrics: dict[str, float
                   f"{trained['best_epoch']}" + (f"; {trained['stopped']}" if trained["stopped"]
                                                 else ""), ""]
         last = {k: v for k, v in (trained.get("last") or {}).items()
-                if isinstance(v, float) and k not in ("time_s", "train_images_per_s")}
+                if isinstance(v, float) and k not in RUN_COLUMNS}
         if last:
             lines += ["| last epoch | value |", "| --- | --- |"]
             lines += [f"| {k} | {v:.4g} |" for k, v in last.items()] + [""]

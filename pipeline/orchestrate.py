@@ -366,13 +366,12 @@ def _str(path: str | Path | None) -> str | None:
 
 
 def prepared_for(spec: Any, data: str | Path | None) -> Any:
-    """The ``Prepared`` data a stage uses: the folder ``data`` (a DVC stage's dependency,
-    written by ``prepare --out``), checked to hold this spec's data section; with None, the
-    spec's own ``data/prepared/<dataset>-<hash>`` folder, prepared when missing."""
+    """The ``prepared=`` a stage passes to train/evaluate: the folder ``data`` (a DVC stage's
+    dependency, written by ``prepare --out``), checked to hold this spec's data section; None
+    leaves them to their own default (the spec's folder, prepared when missing)."""
     from pipeline.data.prepare import load_prepared_for
-    from pipeline.data.prepare import prepare as prepare_spec
 
-    return prepare_spec(spec) if data is None else load_prepared_for(spec, data)
+    return None if data is None else load_prepared_for(spec, data)
 
 
 def prepare(spec_path: str | Path, overrides: list[str], spec: Any, *, force: bool = False,

@@ -121,8 +121,9 @@ def offline_set(spec: Spec, prepared: Any, log: Log) -> tuple[Any, torch.Tensor]
     return images, labels
 
 
-# History columns that describe the run rather than the model; dvclive logs the others.
-_NOT_LIVE = frozenset({"epoch", "phase", "time_s", "train_images_per_s"})
+# History columns that describe the run rather than the model (dvclive, the epoch log line and
+# the flows' report show the others).
+RUN_COLUMNS = frozenset({"epoch", "phase", "time_s", "train_images_per_s"})
 
 
 def open_live(folder: Path, history: list[dict[str, Any]]) -> Any:
@@ -152,7 +153,8 @@ def open_live(folder: Path, history: list[dict[str, Any]]) -> Any:
 def log_live(live: Any, row: dict[str, Any]) -> None:
     """One epoch: its losses, metrics and learning rate, then the next step."""
     for key, value in row.items():
-        if key not in _NOT_LIVE and isinstance(value, int | float) and not isinstance(value, bool):
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if number and key not in RUN_COLUMNS:
             live.log_metric(key, value)
     live.next_step()
 
@@ -395,7 +397,7 @@ class Trainer:
         self._write_history()
         log_live(self.live, row)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float)
-                          and k not in ("lr", "time_s", "train_images_per_s"))
+                          and k not in RUN_COLUMNS and k != "lr")
         self.log(f"epoch {epoch + 1} [{row['phase']}] lr {lr:.3g} {shown} "
                  f"({row['time_s']:.1f} s, {row['train_images_per_s']:,.0f} img/s)")
         return row

@@ -78,12 +78,13 @@ def ours(x: torch.Tensor, batch: int, interpolation: str) -> Callable[[], int]:
     )
     augment = build_augment(section)
     assert augment is not None
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(0)  # the epoch order
+    draws = torch.Generator(x.device).manual_seed(0)  # the augmentation, where x lives
 
     def epoch() -> int:
         order = torch.randperm(len(x), generator=g)
         for start in range(0, len(x), batch):
-            out = augment(to_float(x[order[start : start + batch]]), g)
+            out = augment(to_float(x[order[start : start + batch]]), draws)
         assert out.dtype == torch.float32
         return len(x)
 

@@ -28,12 +28,10 @@ from pathlib import Path
 import torch
 
 from pipeline import runtime
-from pipeline.data.augment import build_augment, to_float
 from pipeline.data.loader import BatchLoader
 from pipeline.data.prepare import prepare
 from pipeline.evaluate import evaluate
 from pipeline.spec import load_spec
-from pipeline.spec.data import AugmentSection
 from pipeline.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,25 +82,20 @@ def loader(device: torch.device) -> dict:
 
 
 def augmentation(device: torch.device, repeats: int = 5) -> dict:
-    section = AugmentSection.model_validate({"transforms": [
-        {"type": "rotation", "degrees": 20.0}, {"type": "shift", "width": 0.1, "height": 0.1},
-        {"type": "zoom", "range": 0.1}, {"type": "horizontal_flip"}]})
-    augment = build_augment(section)
-    assert augment is not None
-    g = torch.Generator(device).manual_seed(0)
+    """benchmarks/augment.py's policy and loop, ours only, on the device (bilinear)."""
+    from augment import SHAPES, images_per_second, ours  # benchmarks/ is on sys.path
+
     rates = {}
-    for (c, h, w), batch in (((1, 28, 28), 128), ((3, 150, 150), 32)):
+    for (c, h, w), batch in SHAPES:
         x = torch.randint(0, 256, (batch * 40, c, h, w), dtype=torch.uint8, device=device)
-        best = 0.0
-        for i in range(1 + repeats):
-            _sync(device)
-            began = time.perf_counter()
-            for start in range(0, len(x), batch):
-                augment(to_float(x[start : start + batch]), g)
-            _sync(device)
-            if i:  # the first pass warms up (kernels, allocator)
-                best = max(best, len(x) / (time.perf_counter() - began))
-        rates[f"{h}x{w}x{c} batch {batch}"] = round(best)
+        epoch = ours(x, batch, "bilinear")
+
+        def synced(epoch=epoch) -> int:
+            n = epoch()
+            _sync(device)  # count the kernels, not just their launches
+            return n
+
+        rates[f"{h}x{w}x{c} batch {batch}"] = round(images_per_second(synced, repeats))
     return {"images_per_s": rates}
 
 

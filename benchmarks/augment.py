@@ -140,11 +140,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=40, help="batches per timed epoch")
     parser.add_argument("--repeats", type=int, default=5, help="timed epochs (best reported)")
-    parser.add_argument("--interpolation", nargs="+", default=["bilinear", "nearest"],
-                        choices=["bilinear", "nearest"], help="the same for ours and v2")
-    parser.add_argument("--allocator", choices=["tuned", "default"], default="tuned",
-                        help="tuned: runtime.tune_allocator(), as pipeline train runs; for the "
-                        "whole process, so the DataLoader's forked workers have it too")
+    parser.add_argument(
+        "--interpolation",
+        nargs="+",
+        default=["bilinear", "nearest"],
+        choices=["bilinear", "nearest"],
+        help="the same for ours and v2",
+    )
+    parser.add_argument(
+        "--allocator",
+        choices=["tuned", "default"],
+        default="tuned",
+        help="tuned: runtime.tune_allocator(), as pipeline train runs; for the "
+        "whole process, so the DataLoader's forked workers have it too",
+    )
     args = parser.parse_args()
     if args.allocator == "tuned":
         runtime.tune_allocator()
@@ -152,10 +161,14 @@ def main() -> None:
     cpu = platform.processor() or platform.machine()
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     # Other processes on a 2-core machine skew every row; the load average says how much.
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs ({cpu}), threads = 2, "
-          f"allocator {args.allocator}, load {load}\n")
-    print("| images | batch | interpolation | ours (batched) img/s | v2 DataLoader 2 workers "
-          "img/s | ratio | v2 0 workers img/s | ratio | kernel alone img/s | its ratio |")
+    print(
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs ({cpu}), threads = 2, "
+        f"allocator {args.allocator}, load {load}\n"
+    )
+    print(
+        "| images | batch | interpolation | ours (batched) img/s | v2 DataLoader 2 workers "
+        "img/s | ratio | v2 0 workers img/s | ratio | kernel alone img/s | its ratio |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for (c, h, w), batch in SHAPES:
         x = torch.randint(0, 256, (batch * args.batches, c, h, w), dtype=torch.uint8)

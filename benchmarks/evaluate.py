@@ -47,11 +47,15 @@ def main() -> None:
         model.load_state_dict(checkpoint.load(best, spec, map_location="cpu")["model"])
     fmt = runtime.memory_format(model, "auto")
     model = model.to(memory_format=fmt).eval()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, "
-          f"bf16 native: {runtime.bf16_supported(torch.device('cpu'))}, "
-          f"load {os.getloadavg()[0]:.2f}, weights: {'trained' if trained else 'random'}")
-    print("| precision | batch | first pass img/s | steady img/s (best of "
-          f"{args.repeats}) | test accuracy |")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, "
+        f"bf16 native: {runtime.bf16_supported(torch.device('cpu'))}, "
+        f"load {os.getloadavg()[0]:.2f}, weights: {'trained' if trained else 'random'}"
+    )
+    print(
+        "| precision | batch | first pass img/s | steady img/s (best of "
+        f"{args.repeats}) | test accuracy |"
+    )
     print("| --- | ---: | ---: | ---: | ---: |")
     for batch in args.batches:
         for precision in ("fp32", "bf16"):
@@ -64,8 +68,10 @@ def main() -> None:
                 times.append(time.perf_counter() - start)
             n = len(labels)
             accuracy = float((probs.argmax(1) == labels).float().mean())
-            print(f"| {used} | {batch} | {n / times[0]:,.0f} | {n / min(times[1:]):,.0f} | "
-                  f"{accuracy:.4f} |")
+            print(
+                f"| {used} | {batch} | {n / times[0]:,.0f} | {n / min(times[1:]):,.0f} | "
+                f"{accuracy:.4f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -19,16 +19,20 @@ from pipeline.spec import load_spec
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 CASES = {
     "fashion_bn_before_activation": [],
-    "mnist_convnet + batch_norm: before": ["model.defaults.conv2d.batch_norm=before",
-                                           "model.defaults.conv2d.bias=false"],
+    "mnist_convnet + batch_norm: before": [
+        "model.defaults.conv2d.batch_norm=before",
+        "model.defaults.conv2d.bias=false",
+    ],
     "fashion_bn_mlp (BN after activation)": [],
 }
 
 
 def main() -> None:
     torch.manual_seed(0)
-    print("| model | folded | max abs diff | batch 1 ms before -> after "
-          "| batch 64 ms before -> after |")
+    print(
+        "| model | folded | max abs diff | batch 1 ms before -> after "
+        "| batch 64 ms before -> after |"
+    )
     print("| --- | --- | --- | --- | --- |")
     for label, overrides in CASES.items():
         spec = load_spec(SPECS / f"{label.split()[0]}.yaml", overrides)
@@ -41,9 +45,11 @@ def main() -> None:
                 m.bias.data.uniform_(-0.5, 0.5)
         _, report = fold_report(model, spec.model.resolved_input_shape(), repeats=50)
         ms = report["latency_ms"]
-        print(f"| {label} | {len(report['folded'])} | {report['max_abs_diff']:.1e} | "
-              f"{ms['before']['1']:.3f} -> {ms['after']['1']:.3f} | "
-              f"{ms['before']['64']:.2f} -> {ms['after']['64']:.2f} |")
+        print(
+            f"| {label} | {len(report['folded'])} | {report['max_abs_diff']:.1e} | "
+            f"{ms['before']['1']:.3f} -> {ms['after']['1']:.3f} | "
+            f"{ms['before']['64']:.2f} -> {ms['after']['64']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,9 @@ def _sync(device: torch.device) -> None:
 
 
 def training(device: str, epochs: int) -> dict:
-    spec = load_spec(ROOT / "specs" / "mnist_convnet.yaml",
-                     [f"train.device={device}", f"train.epochs={epochs}"])
+    spec = load_spec(
+        ROOT / "specs" / "mnist_convnet.yaml", [f"train.device={device}", f"train.epochs={epochs}"]
+    )
     prepared = prepare(spec)
     with tempfile.TemporaryDirectory() as out:
         began = time.perf_counter()
@@ -56,10 +57,14 @@ def training(device: str, epochs: int) -> dict:
         elapsed += row["time_s"]
         if to_99 is None and row.get("val_accuracy", 0) >= 0.99:
             to_99 = elapsed
-    return {"epochs": len(result.history), "wall_s": round(wall, 1),
-            "images_per_s": [round(r["train_images_per_s"]) for r in result.history],
-            "seconds_to_99_val": None if to_99 is None else round(to_99, 1),
-            "test_accuracy": metrics["test_accuracy"], "eval_precision": metrics["precision"]}
+    return {
+        "epochs": len(result.history),
+        "wall_s": round(wall, 1),
+        "images_per_s": [round(r["train_images_per_s"]) for r in result.history],
+        "seconds_to_99_val": None if to_99 is None else round(to_99, 1),
+        "test_accuracy": metrics["test_accuracy"],
+        "eval_precision": metrics["precision"],
+    }
 
 
 def loader(device: torch.device) -> dict:
@@ -68,8 +73,9 @@ def loader(device: torch.device) -> dict:
     rows = {}
     modes = {"resident": True, "pinned copies": False} if device.type == "cuda" else {"cpu": False}
     for name, resident in modes.items():
-        batches = BatchLoader.from_prepared(prepared, "train", 64, shuffle=True, device=device,
-                                            resident=resident)
+        batches = BatchLoader.from_prepared(
+            prepared, "train", 64, shuffle=True, device=device, resident=resident
+        )
         for _ in batches:  # warm-up: the copy to the GPU, pinned buffers
             pass
         _sync(device)
@@ -106,8 +112,10 @@ def main() -> None:
     args = parser.parse_args()
     runtime.tune_allocator()
     device = torch.device(args.device)
-    figures = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-               "torch": torch.__version__}
+    figures = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+    }
     figures["augmentation"] = augmentation(device)
     print(json.dumps(figures["augmentation"]), flush=True)
     figures["loader"] = loader(device)

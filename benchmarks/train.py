@@ -126,9 +126,15 @@ def _lightning() -> float:
         def on_train_epoch_end(self, *_a) -> None:
             times.append(time.perf_counter() - self.t)
 
-    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[Timer()])
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Timer()],
+    )
     trainer.fit(Module(), loader)
     return len(y) / times[-1]
 
@@ -144,8 +150,7 @@ def _eval() -> float:
     from pipeline.data.loader import BatchLoader
 
     model = build_model(spec).to(memory_format=torch.channels_last).eval()
-    loader = BatchLoader.from_prepared(prepared, "test", 512,
-                                       memory_format=torch.channels_last)
+    loader = BatchLoader.from_prepared(prepared, "test", 512, memory_format=torch.channels_last)
     with torch.no_grad():
         for xb, _ in loader:
             model(xb)
@@ -176,8 +181,9 @@ def main() -> None:
     results: dict[str, list[float]] = {v: [] for v in args.only}
     for r in range(args.rounds):
         for v in args.only:
-            out = subprocess.run([sys.executable, __file__, "--variant", v], capture_output=True,
-                                 text=True, cwd=ROOT)
+            out = subprocess.run(
+                [sys.executable, __file__, "--variant", v], capture_output=True, text=True, cwd=ROOT
+            )
             if out.returncode:
                 print(f"{v}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
                 results.pop(v)

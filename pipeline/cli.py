@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
+from pipeline.errors import PipelineError
 from pipeline.spec.errors import Problem, SpecError
 
 
@@ -48,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="write the spec's JSON Schema")
     p.add_argument("-o", "--output", type=Path)
 
-    p = sub.add_parser("docs", help="regenerate spec.schema.json and the README's spec reference")
+    p = sub.add_parser("docs", help="regenerate spec.schema.json and docs/spec-reference.md")
     p.add_argument("--root", type=Path, default=Path("."))
     p.add_argument("--check", action="store_true", help="exit 1 if they are out of date")
 
@@ -59,31 +60,44 @@ def _parser() -> argparse.ArgumentParser:
     _add_overrides(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--force", action="store_true", help="prepare again even if present")
-    p.add_argument("--out", type=Path, metavar="DIR",
-                   help="prepare into exactly this folder (a DVC stage's output) instead of "
-                   "data/prepared/<dataset>-<hash>")
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="prepare into exactly this folder (a DVC stage's output) instead of "
+        "data/prepared/<dataset>-<hash>",
+    )
 
     p = sub.add_parser("train", help="train the spec's model (writes runs/<name>/)")
     p.add_argument("spec", type=Path)
     _add_overrides(p)
     p.add_argument("--resume", action="store_true", help="continue from runs/<name>/last.pt")
-    p.add_argument("--data", type=Path, metavar="DIR",
-                   help="the prepared data folder to use (what 'prepare --out DIR' wrote), "
-                   "checked to match the spec's data section")
+    p.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help="the prepared data folder to use (what 'prepare --out DIR' wrote), "
+        "checked to match the spec's data section",
+    )
 
     p = sub.add_parser("run", help="prepare, train and evaluate as one Prefect flow run")
     p.add_argument("spec", type=Path)
     _add_overrides(p)
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--data", type=Path, metavar="DIR",
-                   help="prepare into (or use) exactly this folder")
+    p.add_argument(
+        "--data", type=Path, metavar="DIR", help="prepare into (or use) exactly this folder"
+    )
 
     p = sub.add_parser("evaluate", help="test-split metrics of the trained model (metrics.json)")
     p.add_argument("spec", type=Path)
     _add_overrides(p)
-    p.add_argument("--data", type=Path, metavar="DIR",
-                   help="the prepared data folder to use (what 'prepare --out DIR' wrote), "
-                   "checked to match the spec's data section")
+    p.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help="the prepared data folder to use (what 'prepare --out DIR' wrote), "
+        "checked to match the spec's data section",
+    )
 
     p = sub.add_parser("server", help="the local Prefect server the stage commands share")
     p.add_argument("action", choices=["start", "stop", "status", "url"])
@@ -91,16 +105,26 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("deploy", help="a Prefect deployment of the experiment flow on a work pool")
     p.add_argument("--name", default="local", help="deployment name (default: local)")
-    p.add_argument("--pool", default="pipeline-local",
-                   help="process work pool (created if missing)")
-    p.add_argument("--dir", type=Path, default=Path("."),
-                   help="project folder runs work in (default: this one)")
+    p.add_argument(
+        "--pool", default="pipeline-local", help="process work pool (created if missing)"
+    )
+    p.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("."),
+        help="project folder runs work in (default: this one)",
+    )
 
     p = sub.add_parser("export", help="TorchScript/ONNX files carrying classes and preprocessing")
     p.add_argument("spec", type=Path)
     _add_overrides(p)
-    p.add_argument("--format", dest="formats", action="append", choices=["torchscript", "onnx"],
-                   help="repeatable; default: evaluate.export, else torchscript")
+    p.add_argument(
+        "--format",
+        dest="formats",
+        action="append",
+        choices=["torchscript", "onnx"],
+        help="repeatable; default: evaluate.export, else torchscript",
+    )
     p.add_argument("--fold", action="store_true", help="fold batch norm into conv/dense first")
 
     p = sub.add_parser("predict", help="classify image files with a trained spec or an export")
@@ -226,17 +250,14 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _docs(args: argparse.Namespace) -> int:
-    from pipeline.spec.reference import SCHEMA_FILE, readme_with_reference, schema_text, stale_files
+    from pipeline.spec.reference import stale_files, write_generated
 
     if args.check:
         stale = stale_files(args.root)
         for name in stale:
             print(f"{name} is out of date: run `pipeline docs`", file=sys.stderr)
         return 1 if stale else 0
-    (args.root / SCHEMA_FILE).write_text(schema_text())
-    readme = args.root / "README.md"
-    readme.write_text(readme_with_reference(readme.read_text()))
-    print(f"wrote {SCHEMA_FILE} and the spec reference in README.md")
+    print("wrote " + ", ".join(write_generated(args.root)))
     return 0
 
 
@@ -273,8 +294,14 @@ def _prepare(args: argparse.Namespace) -> int:
     from pipeline.data.prepare import report
 
     spec = _load(args)
-    prepared = orchestrate.prepare(args.spec, args.overrides, spec, force=args.force,
-                                   out=args.out, progress=lambda m: print(m, file=sys.stderr))
+    prepared = orchestrate.prepare(
+        args.spec,
+        args.overrides,
+        spec,
+        force=args.force,
+        out=args.out,
+        progress=lambda m: print(m, file=sys.stderr),
+    )
     print(report(prepared, as_json=args.json))
     return 0
 
@@ -283,10 +310,11 @@ def _train(args: argparse.Namespace) -> int:
     from pipeline import orchestrate
 
     spec = _load(args)
-    trained = orchestrate.train(args.spec, args.overrides, spec, resume=args.resume,
-                                data=args.data)
-    print(f"trained {trained['epochs']} epochs; best epoch {trained['best_epoch']}; "
-          f"outputs in {trained['run_dir']}")
+    trained = orchestrate.train(args.spec, args.overrides, spec, resume=args.resume, data=args.data)
+    print(
+        f"trained {trained['epochs']} epochs; best epoch {trained['best_epoch']}; "
+        f"outputs in {trained['run_dir']}"
+    )
     return 0
 
 
@@ -294,8 +322,9 @@ def _run(args: argparse.Namespace) -> int:
     from pipeline import orchestrate
 
     spec = _load(args)
-    metrics = orchestrate.experiment(args.spec, args.overrides, spec, resume=args.resume,
-                                     data=args.data)
+    metrics = orchestrate.experiment(
+        args.spec, args.overrides, spec, resume=args.resume, data=args.data
+    )
     print(f"test_accuracy {metrics['test_accuracy']:.4f}")
     return 0
 
@@ -307,8 +336,10 @@ def _server(args: argparse.Namespace) -> int:
 
     if args.action == "start":
         server, started = orchestrate.ensure_server(port=args.port)
-        print(f"{'started' if started else 'already running'}: {server.url} (pid {server.pid}; "
-              f"UI {server.url.removesuffix('/api')}; log {server.log})")
+        print(
+            f"{'started' if started else 'already running'}: {server.url} (pid {server.pid}; "
+            f"UI {server.url.removesuffix('/api')}; log {server.log})"
+        )
         return 0
     if args.action == "stop":
         server = orchestrate.stop_server()
@@ -323,12 +354,16 @@ def _server(args: argparse.Namespace) -> int:
     if server is None:
         print(f"no pipeline-managed Prefect server (state: {orchestrate.state_file()})")
     else:
-        print(f"url      {server.url}\npid      {server.pid}\nhealthy  {'yes' if up else 'NO'}\n"
-              f"home     {server.prefect_home}\nlog      {server.log}")
+        print(
+            f"url      {server.url}\npid      {server.pid}\nhealthy  {'yes' if up else 'NO'}\n"
+            f"home     {server.prefect_home}\nlog      {server.log}"
+        )
     print(f"mode     {orchestrate.MODE_ENV}={orchestrate.mode()}")
     if os.environ.get("PREFECT_API_URL"):
-        print(f"note     PREFECT_API_URL={os.environ['PREFECT_API_URL']} is set: the stage "
-              "commands use that server while it answers")
+        print(
+            f"note     PREFECT_API_URL={os.environ['PREFECT_API_URL']} is set: the stage "
+            "commands use that server while it answers"
+        )
     return 0 if up else 1
 
 
@@ -336,12 +371,14 @@ def _deploy(args: argparse.Namespace) -> int:
     from pipeline import orchestrate
 
     deployment_id, url = orchestrate.deploy(args.dir, name=args.name, pool=args.pool)
-    print(f"deployment experiment/{args.name} ({deployment_id}) on work pool {args.pool!r} at "
-          f"{url}; runs work in {args.dir.resolve()}\n"
-          f"start a worker:  PREFECT_API_URL={url} prefect worker start --pool {args.pool}\n"
-          f"submit a run:    PREFECT_API_URL={url} prefect deployment run "
-          f"experiment/{args.name} --param spec=specs/mnist_convnet.yaml "
-          "--param overrides='[\"train.epochs=1\"]'")
+    print(
+        f"deployment experiment/{args.name} ({deployment_id}) on work pool {args.pool!r} at "
+        f"{url}; runs work in {args.dir.resolve()}\n"
+        f"start a worker:  PREFECT_API_URL={url} prefect worker start --pool {args.pool}\n"
+        f"submit a run:    PREFECT_API_URL={url} prefect deployment run "
+        f"experiment/{args.name} --param spec=specs/mnist_convnet.yaml "
+        "--param overrides='[\"train.epochs=1\"]'"
+    )
     return 0
 
 
@@ -389,8 +426,10 @@ def _lr_find(args: argparse.Namespace) -> int:
     spec = _load(args)
     out = _out(args, spec, "lr_find")
     found = lr_find(spec, prepare(spec), out, steps=args.steps)
-    print(f"suggested lr: {found['suggested_lr']:.3g} (steepest descent; loss was lowest at "
-          f"{found['min_loss_lr']:.3g}) after {found['steps']} steps; plot: {out}/lr_find.png")
+    print(
+        f"suggested lr: {found['suggested_lr']:.3g} (steepest descent; loss was lowest at "
+        f"{found['min_loss_lr']:.3g}) after {found['steps']} steps; plot: {out}/lr_find.png"
+    )
     return 0
 
 
@@ -406,8 +445,10 @@ def _schedule_preview(args: argparse.Namespace) -> int:
     batches = n // size if spec.train.drop_last else math.ceil(n / size)
     out = _out(args, spec, "schedule")
     rows = schedule_preview(spec, out, steps_per_epoch=batches)
-    print(f"{len(rows)} steps ({batches} per epoch): lr from {rows[0]['lr']:.3g} to "
-          f"{rows[-1]['lr']:.3g}, max {max(r['lr'] for r in rows):.3g}; plot: {out}/schedule.png")
+    print(
+        f"{len(rows)} steps ({batches} per epoch): lr from {rows[0]['lr']:.3g} to "
+        f"{rows[-1]['lr']:.3g}, max {max(r['lr'] for r in rows):.3g}; plot: {out}/schedule.png"
+    )
     return 0
 
 
@@ -468,36 +509,16 @@ COMMANDS = {
     "augment-preview": _augment_preview,
 }
 
-# Errors a user can act on: their message is the whole story, a traceback would only hide it.
-_USER_ERRORS = {
-    "pipeline.data.sources": "DataError",
-    "pipeline.model.errors": "ModelBuildError",
-    "pipeline.train.loop": "TrainingDiverged",
-    "pipeline.train.checkpoint": "CheckpointError",
-    "pipeline.export": "ExportError",
-    "pipeline.predict": "PredictError",
-    "pipeline.orchestrate": "OrchestrationError",
-}
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    return tuple(getattr(sys.modules[m], n) for m, n in _USER_ERRORS.items() if m in sys.modules)
-
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except SpecError as err:
-        print(err.format(), file=sys.stderr)
+    except PipelineError as err:  # a user's mistake: its message, no traceback
+        print(err.report(), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    except Exception as err:
-        if isinstance(err, _user_errors()):
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-        raise
 
 
 if __name__ == "__main__":

@@ -38,8 +38,9 @@ def collect(model: Any, loader: Any, autocast: Any = None) -> tuple[torch.Tensor
     return torch.cat(probs), torch.cat(labels)
 
 
-def metrics_from(probs: torch.Tensor, labels: torch.Tensor, classes: list[str], *,
-                 top_k: list[int], bins: int) -> tuple[dict[str, float], torch.Tensor]:
+def metrics_from(
+    probs: torch.Tensor, labels: torch.Tensor, classes: list[str], *, top_k: list[int], bins: int
+) -> tuple[dict[str, float], torch.Tensor]:
     """Flat metrics and the confusion matrix (rows: actual, columns: predicted)."""
     n, k = probs.shape
     pred = probs.argmax(dim=1)
@@ -66,13 +67,19 @@ def metrics_from(probs: torch.Tensor, labels: torch.Tensor, classes: list[str], 
     return out, confusion
 
 
-DROPOUTS = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.AlphaDropout,
-            torch.nn.FeatureAlphaDropout)
+DROPOUTS = (
+    torch.nn.Dropout,
+    torch.nn.Dropout1d,
+    torch.nn.Dropout2d,
+    torch.nn.AlphaDropout,
+    torch.nn.FeatureAlphaDropout,
+)
 
 
 @torch.inference_mode()
-def mc_dropout(model: Any, loader: Any, samples: int, seed: int
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def mc_dropout(
+    model: Any, loader: Any, samples: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Monte Carlo dropout (Gal and Ghahramani): ``samples`` forward passes with dropout active
     and everything else, batch norm included, in inference mode. Returns the mean probabilities,
     the per-sample spread (std over passes of the predicted class's probability), the labels."""
@@ -112,8 +119,9 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
     return float(total)
 
 
-def evaluate(spec: Spec, *, out: Path | None = None, prepared: Any = None,
-             log: Callable[[str], None] = print) -> dict[str, Any]:
+def evaluate(
+    spec: Spec, *, out: Path | None = None, prepared: Any = None, log: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Evaluate the spec's best (or last) checkpoint on the test split; write the files."""
     from pipeline import runtime
     from pipeline.data.loader import BatchLoader
@@ -127,21 +135,24 @@ def evaluate(spec: Spec, *, out: Path | None = None, prepared: Any = None,
     prepared = prepared or prepare(spec)
     device = runtime.pick_device(spec.train.device)
     model = build_model(spec, device=device, load_weights=False)
-    state = ckpt.load(out / "checkpoints" / f"{spec.evaluate.checkpoint}.pt", spec,
-                      map_location=device)
+    state = ckpt.load(
+        out / "checkpoints" / f"{spec.evaluate.checkpoint}.pt", spec, map_location=device
+    )
     model.load_state_dict(state["model"])
     fmt = runtime.memory_format(model, spec.train.channels_last)
     if fmt is not None:
         model = model.to(memory_format=fmt)
-    loader = BatchLoader.from_prepared(prepared, "test", spec.evaluate.batch_size, device=device,
-                                       memory_format=fmt)
+    loader = BatchLoader.from_prepared(
+        prepared, "test", spec.evaluate.batch_size, device=device, memory_format=fmt
+    )
     autocast, precision = runtime.inference_autocast(spec.evaluate.precision, device)
     start = time.perf_counter()
     probs, labels = collect(model, loader, autocast)
     seconds = time.perf_counter() - start
     top_k = sorted(set(spec.evaluate.top_k) | set(spec.train.top_k))
-    metrics, _ = metrics_from(probs, labels, prepared.classes, top_k=top_k,
-                              bins=spec.evaluate.calibration_bins)
+    metrics, _ = metrics_from(
+        probs, labels, prepared.classes, top_k=top_k, bins=spec.evaluate.calibration_bins
+    )
     if not spec.evaluate.per_class:
         metrics = {k: v for k, v in metrics.items() if "/" not in k}
     if spec.evaluate.mc_dropout is not None:
@@ -159,12 +170,20 @@ def evaluate(spec: Spec, *, out: Path | None = None, prepared: Any = None,
     if spec.evaluate.export:
         from pipeline.export import export
 
-        export(spec, model, out / "export", list(spec.evaluate.export),
-               fold=spec.evaluate.fold_batch_norm, prepared_meta=prepared.meta)
+        export(
+            spec,
+            model,
+            out / "export",
+            list(spec.evaluate.export),
+            fold=spec.evaluate.fold_batch_norm,
+            prepared_meta=prepared.meta,
+        )
     metrics["checkpoint_epoch"] = state["epoch"]
     metrics["precision"] = precision
-    log(f"evaluated {len(labels)} test images in {seconds:.2f} s "
-        f"({len(labels) / seconds:,.0f} images/s, {precision}, {device.type})")
+    log(
+        f"evaluated {len(labels)} test images in {seconds:.2f} s "
+        f"({len(labels) / seconds:,.0f} images/s, {precision}, {device.type})"
+    )
     if (out / "history.csv").is_file():
         training_curves(out / "history.csv", out / "training_curves.png", spec.name)
     atomic_write(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -173,15 +192,15 @@ def evaluate(spec: Spec, *, out: Path | None = None, prepared: Any = None,
         writer = csv.writer(buf)
         writer.writerow(["actual", "predicted"])
         names = prepared.classes
-        writer.writerows((names[a], names[p]) for a, p in zip(labels.tolist(),
-                                                              probs.argmax(1).tolist(),
-                                                              strict=True))
+        writer.writerows(
+            (names[a], names[p])
+            for a, p in zip(labels.tolist(), probs.argmax(1).tolist(), strict=True)
+        )
         atomic_write(out / "confusion.csv", buf.getvalue())
     return metrics
 
 
-def _mc_metrics(spec: Spec, model: Any, loader: Any, prepared: Any, out: Path
-                ) -> dict[str, float]:
+def _mc_metrics(spec: Spec, model: Any, loader: Any, prepared: Any, out: Path) -> dict[str, float]:
     """MC-dropout metrics, and the most uncertain test samples (ids, JSON, an image grid)."""
     from torchvision.utils import save_image
 
@@ -189,19 +208,31 @@ def _mc_metrics(spec: Spec, model: Any, loader: Any, prepared: Any, out: Path
 
     samples = spec.evaluate.mc_dropout.samples  # type: ignore[union-attr]
     mean, spread, labels = mc_dropout(model, loader, samples, spec.seed)
-    mc, _ = metrics_from(mean, labels, prepared.classes, top_k=[],
-                         bins=spec.evaluate.calibration_bins)
+    mc, _ = metrics_from(
+        mean, labels, prepared.classes, top_k=[], bins=spec.evaluate.calibration_bins
+    )
     order = spread.argsort(descending=True)[:32]
     names = prepared.classes
-    uncertain = [{"test_index": int(i), "label": names[int(labels[i])],
-                  "predicted": names[int(mean[i].argmax())], "spread": float(spread[i]),
-                  "probability": float(mean[i].max())} for i in order]
+    uncertain = [
+        {
+            "test_index": int(i),
+            "label": names[int(labels[i])],
+            "predicted": names[int(mean[i].argmax())],
+            "spread": float(spread[i]),
+            "probability": float(mean[i].max()),
+        }
+        for i in order
+    ]
     atomic_write(out / "mc_uncertain.json", json.dumps(uncertain, indent=2) + "\n")
     x, _ = prepared.split("test")
     images = torch.as_tensor(x[order.numpy()]).float() / 255
     save_image(images, out / "mc_uncertain.png", nrow=8, pad_value=1.0)
-    return {"mc_test_accuracy": mc["test_accuracy"], "mc_test_loss": mc["test_loss"],
-            "mc_ece": mc["ece"], "mc_mean_spread": float(spread.mean())}
+    return {
+        "mc_test_accuracy": mc["test_accuracy"],
+        "mc_test_loss": mc["test_loss"],
+        "mc_ece": mc["ece"],
+        "mc_mean_spread": float(spread.mean()),
+    }
 
 
 def training_curves(history: Path, png: Path, title: str) -> None:
@@ -217,8 +248,9 @@ def training_curves(history: Path, png: Path, title: str) -> None:
     for ax, metric in zip(axes, ("accuracy", "loss"), strict=True):
         ax.plot(epochs, [float(r[metric]) for r in rows], "bo", label=f"training {metric}")
         if rows and rows[0].get(f"val_{metric}"):
-            ax.plot(epochs, [float(r[f"val_{metric}"]) for r in rows], "b",
-                    label=f"validation {metric}")
+            ax.plot(
+                epochs, [float(r[f"val_{metric}"]) for r in rows], "b", label=f"validation {metric}"
+            )
         ax.set_title(f"{title}: training and validation {metric}")
         ax.set_xlabel("epoch")
         ax.legend()

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from pipeline.errors import PipelineError
+
 if TYPE_CHECKING:
     from pipeline.spec.spec import Spec
 
@@ -34,7 +36,7 @@ _CORES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _BATCH_NORMS = nn.modules.batchnorm._BatchNorm
 
 
-class ExportError(RuntimeError):
+class ExportError(PipelineError):
     """An export that cannot be made (unknown format, missing package, wrong trace)."""
 
 
@@ -44,8 +46,12 @@ class ExportError(RuntimeError):
 def _foldable(bn: nn.Module) -> bool:
     # Without running statistics a batch norm normalizes with batch statistics even in eval
     # mode: there is no fixed affine map to fold.
-    return (isinstance(bn, _BATCH_NORMS) and bn.track_running_stats
-            and bn.running_mean is not None and bn.running_var is not None)
+    return (
+        isinstance(bn, _BATCH_NORMS)
+        and bn.track_running_stats
+        and bn.running_mean is not None
+        and bn.running_var is not None
+    )
 
 
 @torch.no_grad()
@@ -65,8 +71,9 @@ def _fold_into(core: nn.Module, bn: nn.Module) -> None:
     new_b = (b - bn.running_mean.double()) * scale + beta
     core.weight.copy_(new_w.to(core.weight.dtype))
     if core.bias is None:  # a dense/conv without bias (batch norm's β replaced it): create one
-        core.bias = nn.Parameter(new_b.to(core.weight.dtype),
-                                 requires_grad=core.weight.requires_grad)
+        core.bias = nn.Parameter(
+            new_b.to(core.weight.dtype), requires_grad=core.weight.requires_grad
+        )
     else:
         core.bias.copy_(new_b.to(core.bias.dtype))
 
@@ -90,7 +97,8 @@ def _fold_sequence(seq: nn.Module, prefix: str, folded: list[str]) -> None:
     for name, child in seq.named_children():
         _fold_sequence(child, f"{prefix}{name}.", folded)
     if not isinstance(seq, nn.Sequential) or type(seq).forward not in (
-        nn.Sequential.forward, *_sequential_forwards()
+        nn.Sequential.forward,
+        *_sequential_forwards(),
     ):
         return
     prev: nn.Module | None = None
@@ -142,9 +150,14 @@ def max_abs_diff(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
 
 
 @torch.inference_mode()
-def latency_ms(models: dict[str, nn.Module], input_shape: Sequence[int],
-               batch_sizes: Iterable[int] = (1, 64), *, repeats: int = 30, warmup: int = 5
-               ) -> dict[str, dict[str, float]]:
+def latency_ms(
+    models: dict[str, nn.Module],
+    input_shape: Sequence[int],
+    batch_sizes: Iterable[int] = (1, 64),
+    *,
+    repeats: int = 30,
+    warmup: int = 5,
+) -> dict[str, dict[str, float]]:
     """Median wall-clock ms of one eval-mode CPU forward pass, per model and batch size
     (``{"before": {"1": ms, "64": ms}, ...}``). The models take turns on each repeat, so
     warm-up and frequency drift do not favour whichever is timed last."""
@@ -162,12 +175,14 @@ def latency_ms(models: dict[str, nn.Module], input_shape: Sequence[int],
                 start = time.perf_counter()
                 m(x)
                 times[key].setdefault(str(n), []).append((time.perf_counter() - start) * 1000)
-    return {k: {n: round(statistics.median(v), 4) for n, v in per.items()}
-            for k, per in times.items()}
+    return {
+        k: {n: round(statistics.median(v), 4) for n, v in per.items()} for k, per in times.items()
+    }
 
 
-def fold_report(model: nn.Module, input_shape: Sequence[int], *, latency: bool = True,
-                repeats: int = 30) -> tuple[nn.Module, dict[str, Any]]:
+def fold_report(
+    model: nn.Module, input_shape: Sequence[int], *, latency: bool = True, repeats: int = 30
+) -> tuple[nn.Module, dict[str, Any]]:
     """Fold ``model`` and check it: the folded model, and a report with the folded and
     remaining batch norms, the max abs output difference on random inputs and (``latency``)
     the CPU latency before and after."""
@@ -180,8 +195,9 @@ def fold_report(model: nn.Module, input_shape: Sequence[int], *, latency: bool =
         "max_abs_diff": max_abs_diff(model, folded_model, x),
     }
     if latency:
-        report["latency_ms"] = latency_ms({"before": model, "after": folded_model},
-                                          input_shape, repeats=repeats)
+        report["latency_ms"] = latency_ms(
+            {"before": model, "after": folded_model}, input_shape, repeats=repeats
+        )
     return folded_model, report
 
 
@@ -230,8 +246,10 @@ def _trace(model: nn.Module, shape: Sequence[int]) -> torch.jit.ScriptModule:
     with torch.inference_mode():
         diff = float((traced(check) - model(check)).abs().max())
     if not diff < 1e-4:
-        raise ExportError(f"the traced model differs from the model by {diff:.3g} on a batch of "
-                          "3: it does not trace (data-dependent control flow?)")
+        raise ExportError(
+            f"the traced model differs from the model by {diff:.3g} on a batch of "
+            "3: it does not trace (data-dependent control flow?)"
+        )
     return traced
 
 
@@ -246,8 +264,9 @@ def _onnx(model: nn.Module, shape: Sequence[int], path: Path, meta_json: str) ->
     try:
         import onnx
     except ImportError as err:
-        raise ExportError("ONNX export needs the onnx package: pip install 'pipeline[export]'"
-                          ) from err
+        raise ExportError(
+            "ONNX export needs the onnx package: pip install 'pipeline[export]'"
+        ) from err
     example = torch.randn((2, *shape), generator=torch.Generator().manual_seed(0))
     with warnings.catch_warnings():
         # The TorchScript-based exporter: the dynamo one needs onnxscript, and this one handles
@@ -255,8 +274,13 @@ def _onnx(model: nn.Module, shape: Sequence[int], path: Path, meta_json: str) ->
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
-            model, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
         )
     proto = onnx.load(str(path))
@@ -265,9 +289,17 @@ def _onnx(model: nn.Module, shape: Sequence[int], path: Path, meta_json: str) ->
     onnx.save(proto, str(path))
 
 
-def export(spec: Spec, model: nn.Module, out_dir: str | Path, formats: Iterable[str], *,
-           fold: bool = False, prepared_meta: dict[str, Any] | None = None,
-           latency: bool = True, repeats: int = 30) -> dict[str, Path]:
+def export(
+    spec: Spec,
+    model: nn.Module,
+    out_dir: str | Path,
+    formats: Iterable[str],
+    *,
+    fold: bool = False,
+    prepared_meta: dict[str, Any] | None = None,
+    latency: bool = True,
+    repeats: int = 30,
+) -> dict[str, Path]:
     """Write the eval-mode model (batch norm folded first when ``fold``) in each of
     ``formats`` ('torchscript' -> ``<name>.pt``, 'onnx' -> ``<name>.onnx``) under ``out_dir``,
     with the metadata inside, and ``export.json`` (metadata plus the fold report: folded and
@@ -277,8 +309,9 @@ def export(spec: Spec, model: nn.Module, out_dir: str | Path, formats: Iterable[
     formats = list(dict.fromkeys(formats))
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
-        raise ExportError(f"unknown export format(s) {', '.join(unknown)} "
-                          f"(valid: {', '.join(FORMATS)})")
+        raise ExportError(
+            f"unknown export format(s) {', '.join(unknown)} (valid: {', '.join(FORMATS)})"
+        )
     if prepared_meta is None:
         from pipeline.data.prepare import prepare
 
@@ -300,15 +333,20 @@ def export(spec: Spec, model: nn.Module, out_dir: str | Path, formats: Iterable[
         path = out / f"{spec.name}{SUFFIXES[fmt]}"
         writers[fmt](model, shape, path, meta_json)
         paths[fmt] = path
-    summary = {"metadata": meta, "fold": report,
-               "files": {f: p.name for f, p in paths.items()}}
+    summary = {"metadata": meta, "fold": report, "files": {f: p.name for f, p in paths.items()}}
     paths["metadata"] = out / "export.json"
     paths["metadata"].write_text(json.dumps(summary, indent=2) + "\n")
     return paths
 
 
-def export_run(spec: Spec, formats: Iterable[str], *, fold: bool = False,
-               out_dir: str | Path | None = None, checkpoint: str = "best") -> dict[str, Path]:
+def export_run(
+    spec: Spec,
+    formats: Iterable[str],
+    *,
+    fold: bool = False,
+    out_dir: str | Path | None = None,
+    checkpoint: str = "best",
+) -> dict[str, Path]:
     """Export a trained run: ``runs/<name>/checkpoints/<checkpoint>.pt`` into
     ``runs/<name>/export/`` (or ``out_dir``). What ``pipeline export`` calls."""
     from pipeline.data.prepare import prepare
@@ -319,8 +357,9 @@ def export_run(spec: Spec, formats: Iterable[str], *, fold: bool = False,
     run = run_dir(spec)
     model = build_model(spec, load_weights=False)
     model.load_state_dict(ckpt.load(run / "checkpoints" / f"{checkpoint}.pt", spec)["model"])
-    return export(spec, model, out_dir or run / "export", formats, fold=fold,
-                  prepared_meta=prepare(spec).meta)
+    return export(
+        spec, model, out_dir or run / "export", formats, fold=fold, prepared_meta=prepare(spec).meta
+    )
 
 
 def jit_load(path: str | Path, extra: dict[str, str]) -> torch.jit.ScriptModule:
@@ -337,16 +376,17 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         try:
             import onnx
         except ImportError as err:
-            raise ExportError("reading ONNX needs the onnx package: "
-                              "pip install 'pipeline[export]'") from err
-        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False)
-                 .metadata_props}
+            raise ExportError(
+                "reading ONNX needs the onnx package: pip install 'pipeline[export]'"
+            ) from err
+        props = {
+            p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props
+        }
         text = props.get(METADATA_KEY)
     else:
         extra = {METADATA_KEY: ""}
         jit_load(path, extra)
         text = extra[METADATA_KEY] or None
     if not text:
-        raise ExportError(f"{path} has no {METADATA_KEY} metadata: export it with pipeline "
-                          "export")
+        raise ExportError(f"{path} has no {METADATA_KEY} metadata: export it with pipeline export")
     return json.loads(text)

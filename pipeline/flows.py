@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import TaskRunContext
 
+from pipeline.errors import PipelineError
 from pipeline.spec.spec import Spec
 
 
@@ -26,8 +27,9 @@ def _spec(spec: str | dict[str, Any], overrides: list[str]) -> Spec:
     if isinstance(spec, dict):
         import yaml
 
-        return load_spec_text(yaml.safe_dump(spec, sort_keys=False), overrides,
-                              file="<inline spec>")
+        return load_spec_text(
+            yaml.safe_dump(spec, sort_keys=False), overrides, file="<inline spec>"
+        )
     return load_spec(spec, overrides)
 
 
@@ -59,21 +61,24 @@ def _data_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry a failed download (the network may come back), not a mistake in the spec or the
-    data a user can fix (a missing mirror file, a misspelt class): those fail at once."""
-    from pipeline.data.sources import DataError
-
+    """Retry what may succeed later (a download: ``PipelineError.retryable``) and unexpected
+    failures, never a mistake a user must fix (a missing mirror file, a misspelt class)."""
     try:
         state.result()
-    except DataError as err:
-        return str(err).startswith("downloading ")
+    except PipelineError as err:
+        return err.retryable
     except Exception:
         return True
     return False
 
 
-@task(retries=3, retry_delay_seconds=[5, 30, 120], retry_condition_fn=_transient,
-      cache_key_fn=_data_key, persist_result=True)
+@task(
+    retries=3,
+    retry_delay_seconds=[5, 30, 120],
+    retry_condition_fn=_transient,
+    cache_key_fn=_data_key,
+    persist_result=True,
+)
 def prepare_task(spec: Spec, force: bool = False, out: str | None = None) -> str:
     """Prepare (or find) the spec's data, in ``out`` when given; retried, since a download can
     fail and succeed later."""
@@ -89,8 +94,9 @@ def train_task(spec: Spec, resume: bool = False, data: str | None = None) -> dic
     from pipeline.orchestrate import prepared_for, training_summary
     from pipeline.train.loop import train
 
-    return training_summary(train(spec, prepared=prepared_for(spec, data), resume=resume,
-                                  log=get_run_logger().info))
+    return training_summary(
+        train(spec, prepared=prepared_for(spec, data), resume=resume, log=get_run_logger().info)
+    )
 
 
 @task
@@ -105,21 +111,41 @@ def _report(spec: Spec, trained: dict[str, Any] | None, metrics: dict[str, float
     from pipeline.model.summary import summarize
     from pipeline.train.loop import RUN_COLUMNS
 
-    lines = [f"# {spec.name}", "", spec.description or "", "", "## Model", "", "```",
-             summarize(spec).table(), "```", ""]
+    lines = [
+        f"# {spec.name}",
+        "",
+        spec.description or "",
+        "",
+        "## Model",
+        "",
+        "```",
+        summarize(spec).table(),
+        "```",
+        "",
+    ]
     if trained:
-        lines += ["## Training", "", f"{trained['epochs']} epochs, best epoch "
-                  f"{trained['best_epoch']}" + (f"; {trained['stopped']}" if trained["stopped"]
-                                                else ""), ""]
-        last = {k: v for k, v in (trained.get("last") or {}).items()
-                if isinstance(v, float) and k not in RUN_COLUMNS}
+        lines += [
+            "## Training",
+            "",
+            f"{trained['epochs']} epochs, best epoch "
+            f"{trained['best_epoch']}" + (f"; {trained['stopped']}" if trained["stopped"] else ""),
+            "",
+        ]
+        last = {
+            k: v
+            for k, v in (trained.get("last") or {}).items()
+            if isinstance(v, float) and k not in RUN_COLUMNS
+        }
         if last:
             lines += ["| last epoch | value |", "| --- | --- |"]
             lines += [f"| {k} | {v:.4g} |" for k, v in last.items()] + [""]
     if metrics:
         lines += ["## Test metrics", "", "| metric | value |", "| --- | --- |"]
-        lines += [f"| {k} | {v:.4f} |" for k, v in metrics.items()
-                  if "/" not in k and isinstance(v, float)]
+        lines += [
+            f"| {k} | {v:.4f} |"
+            for k, v in metrics.items()
+            if "/" not in k and isinstance(v, float)
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -130,8 +156,12 @@ def _artifact_key(spec: Spec) -> str:
 
 
 @flow(name="prepare", flow_run_name=_run_name)
-def prepare_flow(spec: str | dict[str, Any], overrides: list[str] | None = None,
-                 force: bool = False, out: str | None = None) -> str:
+def prepare_flow(
+    spec: str | dict[str, Any],
+    overrides: list[str] | None = None,
+    force: bool = False,
+    out: str | None = None,
+) -> str:
     """Prepare the data of the spec file ``spec`` (with ``-S``-style overrides), in the folder
     ``out`` when given (else ``data/prepared/<dataset>-<hash>``); ``force`` prepares again (and
     bypasses the task cache). Returns the prepared folder."""
@@ -141,30 +171,43 @@ def prepare_flow(spec: str | dict[str, Any], overrides: list[str] | None = None,
 
 
 @flow(name="train", flow_run_name=_run_name)
-def train_flow(spec: str | dict[str, Any], overrides: list[str] | None = None,
-               resume: bool = False, data: str | None = None) -> dict[str, Any]:
+def train_flow(
+    spec: str | dict[str, Any],
+    overrides: list[str] | None = None,
+    resume: bool = False,
+    data: str | None = None,
+) -> dict[str, Any]:
     """Train on the prepared folder ``data`` (checked against the data section), or on the
     spec's own prepared data, prepared first when missing."""
     s = _spec(spec, overrides or [])
     trained = train_task(s, resume=resume, data=data or prepare_task(s))
-    create_markdown_artifact(_report(s, trained, None), key=_artifact_key(s),
-                             description=f"{s.name}: summary and training metrics")
+    create_markdown_artifact(
+        _report(s, trained, None),
+        key=_artifact_key(s),
+        description=f"{s.name}: summary and training metrics",
+    )
     return trained
 
 
 @flow(name="evaluate", flow_run_name=_run_name)
-def evaluate_flow(spec: str | dict[str, Any], overrides: list[str] | None = None,
-                  data: str | None = None) -> dict[str, float]:
+def evaluate_flow(
+    spec: str | dict[str, Any], overrides: list[str] | None = None, data: str | None = None
+) -> dict[str, float]:
     s = _spec(spec, overrides or [])
     metrics = evaluate_task(s, data=data)
-    create_markdown_artifact(_report(s, None, metrics), key=_artifact_key(s),
-                             description=f"{s.name}: test metrics")
+    create_markdown_artifact(
+        _report(s, None, metrics), key=_artifact_key(s), description=f"{s.name}: test metrics"
+    )
     return metrics
 
 
 @flow(name="experiment", flow_run_name=_run_name)
-def experiment_flow(spec: str | dict[str, Any], overrides: list[str] | None = None,
-                    resume: bool = False, data: str | None = None) -> dict[str, float]:
+def experiment_flow(
+    spec: str | dict[str, Any],
+    overrides: list[str] | None = None,
+    resume: bool = False,
+    data: str | None = None,
+) -> dict[str, float]:
     """prepare -> train -> evaluate for one spec (a spec file's path, relative to the working
     directory, or an inline spec) with ``-S``-style overrides, preparing into the folder
     ``data`` when given; the same outputs the DVC stages write; publishes a markdown artifact
@@ -173,6 +216,9 @@ def experiment_flow(spec: str | dict[str, Any], overrides: list[str] | None = No
     root = prepare_task(s, out=data)
     trained = train_task(s, resume=resume, data=root)
     metrics = evaluate_task(s, data=root)
-    create_markdown_artifact(_report(s, trained, metrics), key=_artifact_key(s),
-                             description=f"{s.name}: summary and test metrics")
+    create_markdown_artifact(
+        _report(s, trained, metrics),
+        key=_artifact_key(s),
+        description=f"{s.name}: summary and test metrics",
+    )
     return metrics

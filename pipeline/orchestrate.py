@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import PipelineError
 from pipeline.proc import pid_alive
 
 MODES = ("auto", "server", "ephemeral", "off")
@@ -42,15 +43,14 @@ DEFAULT_POOL = "pipeline-local"
 DEFAULT_DEPLOYMENT = "local"
 
 
-class OrchestrationError(RuntimeError):
+class OrchestrationError(PipelineError):
     """A problem the user can act on (no server, a bad mode): its message says what to do."""
 
 
 def mode() -> str:
     value = os.environ.get(MODE_ENV, "").strip().lower() or "auto"
     if value not in MODES:
-        raise OrchestrationError(
-            f"{MODE_ENV}={value!r} is not one of {', '.join(MODES)}")
+        raise OrchestrationError(f"{MODE_ENV}={value!r} is not one of {', '.join(MODES)}")
     return value
 
 
@@ -199,23 +199,43 @@ def _start(port: int | None = None) -> Server:
     log = home() / "prefect-server.log"
     port = port or int(os.environ.get("PIPELINE_PREFECT_PORT") or 0) or _free_port()
     url = f"http://127.0.0.1:{port}/api"
-    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-           "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "prefect",
+        "server",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                env=_server_env(prefect_home), cwd=home(),
-                                start_new_session=True)  # outlives this process, own group
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=_server_env(prefect_home),
+            cwd=home(),
+            start_new_session=True,
+        )  # outlives this process, own group
     timeout = start_timeout()
     began = time.monotonic()
     while time.monotonic() - began < timeout:
         code = proc.poll()
         if code is not None:
             raise OrchestrationError(
-                f"the Prefect server exited with code {code} while starting ({log}):\n"
-                + _tail(log))
+                f"the Prefect server exited with code {code} while starting ({log}):\n" + _tail(log)
+            )
         if healthy(url, timeout=0.5):
-            server = Server(pid=proc.pid, url=url, prefect_home=str(prefect_home), log=str(log),
-                            started=time.time())
+            server = Server(
+                pid=proc.pid,
+                url=url,
+                prefect_home=str(prefect_home),
+                log=str(log),
+                started=time.time(),
+            )
             _write_state(server)
             proc.returncode = 0  # it runs on after this process: no "still running" warning
             return server
@@ -223,7 +243,8 @@ def _start(port: int | None = None) -> Server:
     _stop_group(proc.pid)
     raise OrchestrationError(
         f"the Prefect server did not answer {url}/health within {timeout:.0f} s; its log: {log} "
-        "(PIPELINE_PREFECT_STARTUP_TIMEOUT raises the wait)")
+        "(PIPELINE_PREFECT_STARTUP_TIMEOUT raises the wait)"
+    )
 
 
 def ensure_server(port: int | None = None) -> tuple[Server, bool]:
@@ -240,8 +261,10 @@ def ensure_server(port: int | None = None) -> tuple[Server, bool]:
                     return server, False
                 time.sleep(0.5)
             if _is_prefect(server.pid):
-                _note(f"the Prefect server {server.url} (pid {server.pid}) does not answer: "
-                      "restarting it")
+                _note(
+                    f"the Prefect server {server.url} (pid {server.pid}) does not answer: "
+                    "restarting it"
+                )
                 _stop_group(server.pid)
         state_file().unlink(missing_ok=True)
         return _start(port), True
@@ -283,9 +306,12 @@ def api_url(current_mode: str | None = None) -> str | None:
             return configured
         if current_mode == "server":
             raise OrchestrationError(
-                f"the Prefect server at {configured} (PREFECT_API_URL) does not answer")
-        _note(f"the Prefect server at {configured} (PREFECT_API_URL) does not answer; "
-              "using the pipeline's local server")
+                f"the Prefect server at {configured} (PREFECT_API_URL) does not answer"
+            )
+        _note(
+            f"the Prefect server at {configured} (PREFECT_API_URL) does not answer; "
+            "using the pipeline's local server"
+        )
     try:
         server, started = ensure_server()
     except OrchestrationError as err:
@@ -294,8 +320,10 @@ def api_url(current_mode: str | None = None) -> str | None:
         _note(f"{err}\npipeline: falling back to Prefect's ephemeral mode")
         return None
     if started:
-        _note(f"started a local Prefect server at {server.url.removesuffix('/api')} "
-              f"(pid {server.pid}; `pipeline server stop` stops it)")
+        _note(
+            f"started a local Prefect server at {server.url.removesuffix('/api')} "
+            f"(pid {server.pid}; `pipeline server stop` stops it)"
+        )
     return server.url
 
 
@@ -321,12 +349,12 @@ def prefect_context(current_mode: str | None = None) -> Iterator[str | None]:
 
 class _NoUserTraceback:
     """A failed run logs its exception with a traceback; on the console, the pipeline's own
-    errors (a bad spec, missing data, a diverged run: classes from ``pipeline.*``) keep their
+    errors (a bad spec, missing data, a diverged run: a ``PipelineError``) keep their
     one-line message, as without Prefect. The API's copy of the log, emitted first, keeps it."""
 
     def filter(self, record: Any) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if exc is not None and type(exc).__module__.startswith("pipeline."):
+        if isinstance(exc, PipelineError):
             record.exc_info = None
             record.exc_text = None
         return True
@@ -340,7 +368,8 @@ def _quiet_user_errors() -> None:
 
     for handler in logging.getLogger().handlers:
         if isinstance(handler, PrefectConsoleHandler) and not any(
-                isinstance(f, _NoUserTraceback) for f in handler.filters):
+            isinstance(f, _NoUserTraceback) for f in handler.filters
+        ):
             handler.addFilter(_NoUserTraceback())
 
 
@@ -349,9 +378,13 @@ def _quiet_user_errors() -> None:
 
 def training_summary(result: Any) -> dict[str, Any]:
     """What a train run returns to its caller (a flow's result, the CLI's line)."""
-    return {"epochs": len(result.history), "best_epoch": result.best_epoch,
-            "stopped": result.stopped, "last": result.history[-1] if result.history else {},
-            "run_dir": str(result.run_dir)}
+    return {
+        "epochs": len(result.history),
+        "best_epoch": result.best_epoch,
+        "stopped": result.stopped,
+        "last": result.history[-1] if result.history else {},
+        "run_dir": str(result.run_dir),
+    }
 
 
 def _flow(name: str, **parameters: Any) -> Any:
@@ -374,8 +407,15 @@ def prepared_for(spec: Any, data: str | Path | None) -> Any:
     return None if data is None else load_prepared_for(spec, data)
 
 
-def prepare(spec_path: str | Path, overrides: list[str], spec: Any, *, force: bool = False,
-            out: str | Path | None = None, progress: Callable[[str], None] | None = None) -> Any:
+def prepare(
+    spec_path: str | Path,
+    overrides: list[str],
+    spec: Any,
+    *,
+    force: bool = False,
+    out: str | Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Any:
     """The spec's prepared data (``Prepared``), in ``out`` when given, through the ``prepare``
     flow unless ``off``."""
     from pipeline.data.prepare import load_prepared
@@ -383,34 +423,47 @@ def prepare(spec_path: str | Path, overrides: list[str], spec: Any, *, force: bo
 
     if mode() == "off":
         return prepare_spec(spec, force=force, progress=progress, target=out)
-    root = _flow("prepare_flow", spec=str(spec_path), overrides=list(overrides), force=force,
-                 out=_str(out))
+    root = _flow(
+        "prepare_flow", spec=str(spec_path), overrides=list(overrides), force=force, out=_str(out)
+    )
     return load_prepared(root, mmap=True)
 
 
-def train(spec_path: str | Path, overrides: list[str], spec: Any, *, resume: bool = False,
-          data: str | Path | None = None) -> dict[str, Any]:
+def train(
+    spec_path: str | Path,
+    overrides: list[str],
+    spec: Any,
+    *,
+    resume: bool = False,
+    data: str | Path | None = None,
+) -> dict[str, Any]:
     if mode() == "off":
         from pipeline.train.loop import train as train_spec
 
-        return training_summary(train_spec(spec, prepared=prepared_for(spec, data),
-                                           resume=resume))
-    return _flow("train_flow", spec=str(spec_path), overrides=list(overrides), resume=resume,
-                 data=_str(data))
+        return training_summary(train_spec(spec, prepared=prepared_for(spec, data), resume=resume))
+    return _flow(
+        "train_flow", spec=str(spec_path), overrides=list(overrides), resume=resume, data=_str(data)
+    )
 
 
-def evaluate(spec_path: str | Path, overrides: list[str], spec: Any, *,
-             data: str | Path | None = None) -> dict[str, Any]:
+def evaluate(
+    spec_path: str | Path, overrides: list[str], spec: Any, *, data: str | Path | None = None
+) -> dict[str, Any]:
     if mode() == "off":
         from pipeline.evaluate import evaluate as evaluate_spec
 
         return evaluate_spec(spec, prepared=prepared_for(spec, data))
-    return _flow("evaluate_flow", spec=str(spec_path), overrides=list(overrides),
-                 data=_str(data))
+    return _flow("evaluate_flow", spec=str(spec_path), overrides=list(overrides), data=_str(data))
 
 
-def experiment(spec_path: str | Path, overrides: list[str], spec: Any, *, resume: bool = False,
-               data: str | Path | None = None) -> dict[str, Any]:
+def experiment(
+    spec_path: str | Path,
+    overrides: list[str],
+    spec: Any,
+    *,
+    resume: bool = False,
+    data: str | Path | None = None,
+) -> dict[str, Any]:
     if mode() == "off":
         from pipeline.data.prepare import prepare as prepare_spec
         from pipeline.evaluate import evaluate as evaluate_spec
@@ -419,15 +472,24 @@ def experiment(spec_path: str | Path, overrides: list[str], spec: Any, *, resume
         prepared = prepare_spec(spec, progress=lambda m: print(m, file=sys.stderr), target=data)
         train_spec(spec, prepared=prepared, resume=resume)
         return evaluate_spec(spec, prepared=prepared)
-    return _flow("experiment_flow", spec=str(spec_path), overrides=list(overrides),
-                 resume=resume, data=_str(data))
+    return _flow(
+        "experiment_flow",
+        spec=str(spec_path),
+        overrides=list(overrides),
+        resume=resume,
+        data=_str(data),
+    )
 
 
 # ---- deployment ------------------------------------------------------------------------------
 
 
-def deploy(project: str | Path = ".", name: str = DEFAULT_DEPLOYMENT, pool: str = DEFAULT_POOL,
-           parameters: dict[str, Any] | None = None) -> tuple[str, str]:
+def deploy(
+    project: str | Path = ".",
+    name: str = DEFAULT_DEPLOYMENT,
+    pool: str = DEFAULT_POOL,
+    parameters: dict[str, Any] | None = None,
+) -> tuple[str, str]:
     """Create (or update) the ``experiment`` deployment on the process work pool ``pool``
     (created if missing). Its pull step makes ``project`` the working directory, so a run's
     outputs land in ``<project>/runs/<name>/`` where dvc expects them; the flow is imported from
@@ -435,7 +497,8 @@ def deploy(project: str | Path = ".", name: str = DEFAULT_DEPLOYMENT, pool: str 
     current = mode()
     if current in ("off", "ephemeral"):
         raise OrchestrationError(
-            f"{MODE_ENV}={current}: a deployment needs a Prefect server (auto or server)")
+            f"{MODE_ENV}={current}: a deployment needs a Prefect server (auto or server)"
+        )
     with prefect_context(current) as url:
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.actions import WorkPoolCreate
@@ -447,13 +510,20 @@ def deploy(project: str | Path = ".", name: str = DEFAULT_DEPLOYMENT, pool: str 
         from pipeline.flows import experiment_flow
 
         with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
-            client.create_work_pool(WorkPoolCreate(
-                name=pool, type="process",
-                base_job_template=ProcessWorker.get_default_base_job_template()))
+            client.create_work_pool(
+                WorkPoolCreate(
+                    name=pool,
+                    type="process",
+                    base_job_template=ProcessWorker.get_default_base_job_template(),
+                )
+            )
         deployment = experiment_flow.to_deployment(
-            name=name, work_pool_name=pool, parameters=parameters or {},
+            name=name,
+            work_pool_name=pool,
+            parameters=parameters or {},
             entrypoint_type=EntrypointType.MODULE_PATH,
-            description="prepare -> train -> evaluate of a spec (parameters: spec, overrides)")
+            description="prepare -> train -> evaluate of a spec (parameters: spec, overrides)",
+        )
         deployment.storage = LocalStorage(path=str(Path(project).resolve()))
         deployment_id = deployment.apply(work_pool_name=pool)
         return str(deployment_id), str(url)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.errors import PipelineError
 from pipeline.export import METADATA_KEY, ExportError, jit_load, metadata
 from pipeline.model.modules import PROBABILITIES
 
@@ -24,7 +25,7 @@ EXPORT_SUFFIXES = (".pt", ".pts", ".onnx")
 Probabilities = Callable[[torch.Tensor], torch.Tensor]
 
 
-class PredictError(RuntimeError):
+class PredictError(PipelineError):
     """A source that cannot classify (no checkpoint, not an export, MC dropout on an export)."""
 
 
@@ -90,11 +91,11 @@ def _torchscript_source(path: Path) -> tuple[Probabilities, dict[str, Any]]:
     try:
         module = jit_load(path, extra)
     except RuntimeError as err:
-        raise PredictError(f"{path} is not a TorchScript export ({err}); for a checkpoint, "
-                           "pass its spec instead") from None
+        raise PredictError(
+            f"{path} is not a TorchScript export ({err}); for a checkpoint, pass its spec instead"
+        ) from None
     if not extra[METADATA_KEY]:
-        raise PredictError(f"{path} has no {METADATA_KEY} metadata: export it with pipeline "
-                           "export")
+        raise PredictError(f"{path} has no {METADATA_KEY} metadata: export it with pipeline export")
     meta = json.loads(extra[METADATA_KEY])
     module.eval()
 
@@ -109,14 +110,14 @@ def _onnx_source(path: Path) -> tuple[Probabilities, dict[str, Any]]:
     try:
         import onnxruntime as ort
     except ImportError as err:
-        raise PredictError("predicting with ONNX needs onnxruntime: "
-                           "pip install 'pipeline[export]'") from err
+        raise PredictError(
+            "predicting with ONNX needs onnxruntime: pip install 'pipeline[export]'"
+        ) from err
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     # onnxruntime reads metadata_props itself: no onnx package needed here.
     text = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
     if not text:
-        raise PredictError(f"{path} has no {METADATA_KEY} metadata: export it with pipeline "
-                           "export")
+        raise PredictError(f"{path} has no {METADATA_KEY} metadata: export it with pipeline export")
     meta = json.loads(text)
     name = session.get_inputs()[0].name
 
@@ -127,8 +128,9 @@ def _onnx_source(path: Path) -> tuple[Probabilities, dict[str, Any]]:
     return run, meta
 
 
-def load_source(source: str | Path, *, checkpoint: str = "best"
-                ) -> tuple[Probabilities, dict[str, Any], Any]:
+def load_source(
+    source: str | Path, *, checkpoint: str = "best"
+) -> tuple[Probabilities, dict[str, Any], Any]:
     """(probabilities function, metadata, model or None) of a spec (its trained run) or an
     exported ``.pt``/``.onnx`` file. The model is returned only for a spec (MC dropout)."""
     path = Path(source)
@@ -149,15 +151,15 @@ def load_source(source: str | Path, *, checkpoint: str = "best"
 # ---- predict -------------------------------------------------------------------------------
 
 
-def _entry(file: str, classes: list[str], p: torch.Tensor, spread: float | None
-           ) -> dict[str, Any]:
+def _entry(file: str, classes: list[str], p: torch.Tensor, spread: float | None) -> dict[str, Any]:
     top = p.topk(min(TOP, len(p)))
     out: dict[str, Any] = {
         "file": file,
         "class": classes[int(top.indices[0])],
         "probability": float(top.values[0]),
-        "probabilities": {classes[int(i)]: float(v)
-                          for v, i in zip(top.values, top.indices, strict=True)},
+        "probabilities": {
+            classes[int(i)]: float(v) for v, i in zip(top.values, top.indices, strict=True)
+        },
         "error": None,
     }
     if spread is not None:
@@ -165,8 +167,14 @@ def _entry(file: str, classes: list[str], p: torch.Tensor, spread: float | None
     return out
 
 
-def predict_files(source: str | Path, paths: Sequence[str | Path], *, mc_samples: int = 0,
-                  batch_size: int = 256, checkpoint: str = "best") -> list[dict[str, Any]]:
+def predict_files(
+    source: str | Path,
+    paths: Sequence[str | Path],
+    *,
+    mc_samples: int = 0,
+    batch_size: int = 256,
+    checkpoint: str = "best",
+) -> list[dict[str, Any]]:
     """Classify image files, in order. ``source``: a spec (its ``runs/<name>/checkpoints/
     <checkpoint>.pt`` and prepared meta) or an exported ``.pt``/``.onnx`` (metadata inside).
 
@@ -180,8 +188,10 @@ def predict_files(source: str | Path, paths: Sequence[str | Path], *, mc_samples
     if mc_samples == 1:
         raise ValueError("mc_samples needs at least 2 passes for a spread (0 turns it off)")
     if mc_samples and Path(source).suffix in EXPORT_SUFFIXES:
-        raise PredictError("MC dropout needs the spec (the exported graph has dropout "
-                           "removed): pass the spec, or mc_samples=0")
+        raise PredictError(
+            "MC dropout needs the spec (the exported graph has dropout "
+            "removed): pass the spec, or mc_samples=0"
+        )
     try:
         probs, meta, model = load_source(source, checkpoint=checkpoint)
     except ExportError as err:
@@ -193,18 +203,27 @@ def predict_files(source: str | Path, paths: Sequence[str | Path], *, mc_samples
         try:
             good.append((i, load_image(path, meta)))
         except (OSError, ValueError, SyntaxError) as err:  # what PIL raises on broken files
-            results[i] = {"file": str(path), "class": None, "probability": None,
-                          "probabilities": {}, "error": f"cannot read image: {err}"}
+            results[i] = {
+                "file": str(path),
+                "class": None,
+                "probability": None,
+                "probabilities": {},
+                "error": f"cannot read image: {err}",
+            }
     for start in range(0, len(good), batch_size):
-        chunk = good[start:start + batch_size]
+        chunk = good[start : start + batch_size]
         x = to_input(np.stack([arr for _, arr in chunk]), meta)
         spreads: list[float | None] = [None] * len(chunk)
         if mc_samples:
             from pipeline.evaluate import mc_dropout
 
             # evaluate's MC dropout takes a loader of (x, y): one batch, dummy labels
-            p, spread, _ = mc_dropout(model, [(x, torch.zeros(len(x), dtype=torch.int64))],
-                                      mc_samples, meta.get("seed", 0) + start)
+            p, spread, _ = mc_dropout(
+                model,
+                [(x, torch.zeros(len(x), dtype=torch.int64))],
+                mc_samples,
+                meta.get("seed", 0) + start,
+            )
             spreads = [float(s) for s in spread]
         else:
             p = probs(x)

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from pipeline.errors import ConfigurationError
+
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 
@@ -45,8 +47,9 @@ def bf16_supported(device: torch.device) -> bool:
     """Whether bf16 runs natively here: CUDA with bf16, or a CPU with AVX-512 BF16 / AMX."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return bool(torch.backends.mkldnn.is_available()
-                and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return bool(
+        torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
 
 
 def inference_autocast(precision: str, device: torch.device) -> tuple[Any, str]:
@@ -66,8 +69,9 @@ def pick_device(requested: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(requested)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {requested!r} was asked for but CUDA is not available here; "
-                           "use device: auto")
+        raise ConfigurationError(
+            f"device {requested!r} was asked for but CUDA is not available here; use device: auto"
+        )
     return device
 
 

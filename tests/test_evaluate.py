@@ -33,8 +33,9 @@ def test_calibration_error_is_zero_when_confidence_equals_accuracy():
     assert expected_calibration_error(sure, torch.tensor([0, 0, 1, 1]), 10) == pytest.approx(0.5)
 
 
-def test_evaluate_writes_metrics_and_confusion_for_a_trained_model(tmp_path: Path, mirror,
-                                                                  monkeypatch):
+def test_evaluate_writes_metrics_and_confusion_for_a_trained_model(
+    tmp_path: Path, mirror, monkeypatch
+):
     from pipeline.spec import load_spec_text
     from pipeline.train.loop import train
     from tests.train.test_loop import CONVNET
@@ -52,8 +53,12 @@ def test_evaluate_writes_metrics_and_confusion_for_a_trained_model(tmp_path: Pat
     # bf16 inference: what ran is recorded, and it predicts (almost) as fp32 does
     from pipeline import runtime
 
-    half = evaluate(spec.model_copy(update={"evaluate": spec.evaluate.model_copy(
-        update={"precision": "bf16"})}), log=lambda _m: None)
+    half = evaluate(
+        spec.model_copy(
+            update={"evaluate": spec.evaluate.model_copy(update={"precision": "bf16"})}
+        ),
+        log=lambda _m: None,
+    )
     native = runtime.bf16_supported(torch.device("cpu"))
     assert half["precision"] == ("bf16" if native else "fp32")
     assert abs(half["test_accuracy"] - metrics["test_accuracy"]) <= 0.01
@@ -65,7 +70,8 @@ def _dropout_model(rate: float):
     from pipeline.model.build import build_model
     from pipeline.spec import load_spec_text
 
-    spec = load_spec_text(f"""\
+    spec = load_spec_text(
+        f"""\
 name: mc
 data: {{dataset: mnist}}
 model:
@@ -76,7 +82,9 @@ model:
     - {{type: batch_norm}}
     - {{type: dropout, rate: {rate}}}
     - {{type: dense, units: 10, activation: softmax}}
-""", check=False)
+""",
+        check=False,
+    )
     return build_model(spec)
 
 

@@ -48,8 +48,11 @@ MIXED = """\
     - {type: dropout, rate: 0.3}
     - {type: dense, units: 3, activation: softmax}
 """
-META = {"classes": ["top", "trouser", "pullover"], "image_shape": [1, 12, 12],
-        "normalization": {"mean": [0.286], "std": [0.353]}}
+META = {
+    "classes": ["top", "trouser", "pullover"],
+    "image_shape": [1, 12, 12],
+    "normalization": {"mean": [0.286], "std": [0.353]},
+}
 
 
 def build(layers: str = MIXED) -> SpecModel:
@@ -127,9 +130,15 @@ def test_batch_norm_only_after_nonlinearities_is_left_alone():
 def test_fold_in_plain_torch_sequentials_and_trained_statistics():
     # A generic chain (torchvision's conv-norm-act blocks look like this), stats from training.
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
-                          nn.Sequential(nn.Conv2d(8, 8, 3, bias=False), nn.BatchNorm2d(8)),
-                          nn.Flatten(), nn.Linear(8 * 4 * 4, 5), nn.BatchNorm1d(5))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Sequential(nn.Conv2d(8, 8, 3, bias=False), nn.BatchNorm2d(8)),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 5),
+        nn.BatchNorm1d(5),
+    )
     model.train()
     with torch.no_grad():
         for _ in range(20):
@@ -143,8 +152,9 @@ def test_fold_in_plain_torch_sequentials_and_trained_statistics():
 
 def test_torchscript_round_trip(tmp_path: Path):
     model = build()
-    paths = export(spec_of(), model, tmp_path, ["torchscript"], fold=True, prepared_meta=META,
-                   repeats=2)
+    paths = export(
+        spec_of(), model, tmp_path, ["torchscript"], fold=True, prepared_meta=META, repeats=2
+    )
     assert paths["torchscript"] == tmp_path / "fold.pt"
     extra = {"pipeline.json": ""}
     with warnings.catch_warnings():  # TorchScript's deprecation notice

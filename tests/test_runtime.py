@@ -26,8 +26,12 @@ print(tuned, libc.mallinfo2().hblkhd - before)
 
 
 def _mmapped(tune: bool) -> tuple[str, int]:
-    out = subprocess.run([sys.executable, "-c", _MMAPPED.format(tune=tune)], check=True,
-                         capture_output=True, text=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", _MMAPPED.format(tune=tune)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     return out[0], int(out[1])
 
 

@@ -129,8 +129,13 @@ def apply_affine(x: Tensor, m: Tensor, warp: Warp = Warp()) -> Tensor:
     theta = to_theta(m.to(x.device, torch.promote_types(x.dtype, torch.float32)), h, w)
     grid = affine_grid(theta, h, w).to(x.dtype)
     shifted = warp.fill == "constant" and warp.fill_value != 0
-    out = F.grid_sample(x - warp.fill_value if shifted else x, grid, mode=warp.interpolation,
-                        padding_mode=GRID_PADDING[warp.fill], align_corners=False)
+    out = F.grid_sample(
+        x - warp.fill_value if shifted else x,
+        grid,
+        mode=warp.interpolation,
+        padding_mode=GRID_PADDING[warp.fill],
+        align_corners=False,
+    )
     return out.add_(warp.fill_value) if shifted else out
 
 
@@ -193,8 +198,7 @@ def _draw_zoom(t: Zoom, g: torch.Generator, n: int, h: int, w: int) -> Tensor:
 
 
 def _geometric(draw: Callable[..., Tensor]) -> Callable[[Any], AffinePart]:
-    return lambda t: AffinePart(t.p, Warp(t.fill, t.fill_value, t.interpolation),
-                                partial(draw, t))
+    return lambda t: AffinePart(t.p, Warp(t.fill, t.fill_value, t.interpolation), partial(draw, t))
 
 
 GEOMETRIC = {

@@ -66,8 +66,11 @@ def _mobilenet_body(tv: Any, names: list[str]) -> tuple[Named, PrefixMap]:
 
 def _mobilenet_top(tv: Any) -> Named:
     # torchvision's forward pools and flattens functionally; here they are modules
-    return [("avgpool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()),
-            ("classifier", tv.classifier)]
+    return [
+        ("avgpool", nn.AdaptiveAvgPool2d(1)),
+        ("flatten", nn.Flatten()),
+        ("classifier", tv.classifier),
+    ]
 
 
 @dataclass(frozen=True)
@@ -107,8 +110,9 @@ def _backbone(layer: Backbone, ctx: LayerContext) -> nn.Module:
         torchvision_init(module, build.generator)
     if layer.weights is not None and build.load_weights and not build.meta:
         state = _weights(layer, build)
-        load_into(module, _renamed(state, prefixes, set(module.state_dict())),
-                  f"{layer.arch} weights")
+        load_into(
+            module, _renamed(state, prefixes, set(module.state_dict())), f"{layer.arch} weights"
+        )
     return module
 
 
@@ -121,8 +125,9 @@ def torchvision_init(module: nn.Module, generator: torch.Generator) -> None:
             if hasattr(m, "reset_parameters"):  # covers every buffer to_empty left undefined
                 m.reset_parameters()
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu",
-                                        generator=generator)
+                nn.init.kaiming_normal_(
+                    m.weight, mode="fan_out", nonlinearity="relu", generator=generator
+                )
                 if m.bias is not None:
                     m.bias.zero_()
 
@@ -130,12 +135,14 @@ def torchvision_init(module: nn.Module, generator: torch.Generator) -> None:
 def _weights(layer: Backbone, build: BuildContext) -> dict[str, torch.Tensor]:
     if isinstance(layer.weights, WeightsFile):
         path = build.spec.path_of(layer.weights.path)
-        return read_state_dict(path, f"backbone weights file {path} not found "
-                                     f"(weights.path: {layer.weights.path})")
+        return read_state_dict(
+            path, f"backbone weights file {path} not found (weights.path: {layer.weights.path})"
+        )
     enum = torchvision.models.get_model_weights(layer.arch)
     if layer.weights not in enum.__members__:
-        raise ModelBuildError(f"{layer.arch} has no weights {layer.weights!r}; valid: "
-                              f"{', '.join(enum.__members__)}")
+        raise ModelBuildError(
+            f"{layer.arch} has no weights {layer.weights!r}; valid: {', '.join(enum.__members__)}"
+        )
     weights = enum[layer.weights]
     try:
         return weights.get_state_dict(progress=True, check_hash=True)
@@ -147,8 +154,9 @@ def _weights(layer: Backbone, build: BuildContext) -> dict[str, torch.Tensor]:
         ) from err
 
 
-def _renamed(state: Mapping[str, torch.Tensor], prefixes: PrefixMap,
-             own: set[str]) -> dict[str, torch.Tensor]:
+def _renamed(
+    state: Mapping[str, torch.Tensor], prefixes: PrefixMap, own: set[str]
+) -> dict[str, torch.Tensor]:
     """State-dict keys moved from torchvision's names to ours; the dropped top's keys left out.
     A state dict already in our names passes through."""
     if set(state) == own:

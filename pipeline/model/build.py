@@ -33,8 +33,9 @@ class SpecModel(nn.Sequential):
     final activation the spec declared and :meth:`predict_proba` applies.
     """
 
-    def __init__(self, modules: OrderedDict[str, nn.Module], output_activation: str | None,
-                 name: str):
+    def __init__(
+        self, modules: OrderedDict[str, nn.Module], output_activation: str | None, name: str
+    ):
         super().__init__(modules)
         self.output_activation = output_activation
         self.spec_name = name
@@ -54,8 +55,10 @@ class SpecModel(nn.Sequential):
         if mode:
             for m in self.modules():
                 params = list(m.parameters(recurse=False))
-                if isinstance(m, nn.modules.batchnorm._BatchNorm) and params and not any(
-                    p.requires_grad for p in params
+                if (
+                    isinstance(m, nn.modules.batchnorm._BatchNorm)
+                    and params
+                    and not any(p.requires_grad for p in params)
                 ):
                     m.eval()
         return self
@@ -103,8 +106,9 @@ def split_output_activation(layers: list[Any]) -> tuple[list[Any], str | None]:
     return layers, None
 
 
-def build_model(spec: Spec, *, device: str | torch.device = "cpu",
-                load_weights: bool = True) -> SpecModel:
+def build_model(
+    spec: Spec, *, device: str | torch.device = "cpu", load_weights: bool = True
+) -> SpecModel:
     """Build the spec's model, initialized from ``spec.seed`` (the same spec gives the same
     weights), then check every layer's output shape against the schema.
 
@@ -115,8 +119,10 @@ def build_model(spec: Spec, *, device: str | torch.device = "cpu",
     """
     shape = spec.model.resolved_input_shape()
     if shape is None:
-        raise ModelBuildError("the input shape is unknown: set model.input_shape (or "
-                              "data.image_size for an image folder)")
+        raise ModelBuildError(
+            "the input shape is unknown: set model.input_shape (or "
+            "data.image_size for an image folder)"
+        )
     meta = torch.device(device).type == "meta"
     layer_list, output_activation = split_output_activation(list(spec.model.layers))
     build = BuildContext(

@@ -57,8 +57,11 @@ def _reuse(layer: Reuse, ctx: LayerContext) -> nn.Module:
     # the source's own pretrained weights are superseded by its checkpoint: never fetch them
     model = build_model(source, device="meta" if build.meta else "cpu", load_weights=False)
     if build.load_weights and not build.meta:
-        path = (build.spec.path_of(layer.checkpoint) if layer.checkpoint
-                else default_checkpoint(source.name).resolve())
+        path = (
+            build.spec.path_of(layer.checkpoint)
+            if layer.checkpoint
+            else default_checkpoint(source.name).resolve()
+        )
         state = read_state_dict(path, f"train {source.name} first: {path} not found")
         load_into(model, state, f"checkpoint {path}")
     kept = layer.kept_layers()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from pipeline.errors import PipelineError
 
-class ModelBuildError(Exception):
+
+class ModelBuildError(PipelineError):
     """The spec cannot be turned into a model: a missing checkpoint or weights file, a failed
     download, weights that do not fit. The message says what to do."""

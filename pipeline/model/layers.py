@@ -67,7 +67,13 @@ def _conv2d(layer: Conv2D, ctx: LayerContext) -> nn.Module:
         parts["pad"] = M.SamePad2d(kernel, stride, dilation)
         padding = 0
     conv = nn.Conv2d(
-        ctx.in_shape[0], layer.filters, kernel, stride, padding, dilation, layer.groups,
+        ctx.in_shape[0],
+        layer.filters,
+        kernel,
+        stride,
+        padding,
+        dilation,
+        layer.groups,
         bias=layer.bias,
     )
     init_weighted(conv, layer, ctx.build)
@@ -92,8 +98,9 @@ def _max_pool(layer: MaxPool2D, ctx: LayerContext) -> nn.Module:
     kernel, stride = _window(layer)
     if layer.padding == "same":
         # -inf padding: a padded pixel never wins the max (Keras semantics)
-        return nn.Sequential(M.SamePad2d(kernel, stride, value=float("-inf")),
-                             nn.MaxPool2d(kernel, stride))
+        return nn.Sequential(
+            M.SamePad2d(kernel, stride, value=float("-inf")), nn.MaxPool2d(kernel, stride)
+        )
     return nn.MaxPool2d(kernel, stride, 0 if layer.padding == "valid" else pair(layer.padding))
 
 

@@ -137,8 +137,9 @@ class Reused(nn.Sequential):
     takes it over as its own output activation (forward must still return logits).
     """
 
-    def __init__(self, layers: OrderedDict[str, nn.Module], source: str,
-                 final_activation: str | None = None):
+    def __init__(
+        self, layers: OrderedDict[str, nn.Module], source: str, final_activation: str | None = None
+    ):
         super().__init__(layers)
         self.source = source
         self.final_activation = final_activation

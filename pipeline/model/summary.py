@@ -50,8 +50,12 @@ class Summary:
         """Keras's ``model.summary()`` layout, with a MACs column."""
         header = ("Layer (type)", "Output Shape", "Param #", "MACs")
         cells = [
-            (f"{r.name} ({r.type})", "(None, " + ", ".join(map(str, r.output_shape)) + ")",
-             f"{r.params:,}", f"{r.macs:,}")
+            (
+                f"{r.name} ({r.type})",
+                "(None, " + ", ".join(map(str, r.output_shape)) + ")",
+                f"{r.params:,}",
+                f"{r.macs:,}",
+            )
             for r in self.rows
         ]
         widths = [max(len(row[i]) for row in [header, *cells]) + 3 for i in range(4)]
@@ -63,14 +67,16 @@ class Summary:
         lines = [f'Model: "{self.name}"', "_" * width, line(header), "=" * width]
         for i, row in enumerate(cells):
             lines += [line(row), "=" * width if i == len(cells) - 1 else "_" * width]
-        return "\n".join([
-            *lines,
-            f"Total params: {self.total_params:,}",
-            f"Trainable params: {self.trainable_params:,}",
-            f"Non-trainable params: {self.non_trainable_params:,}",
-            f"Total MACs per sample: {self.total_macs:,}",
-            "_" * width,
-        ])
+        return "\n".join(
+            [
+                *lines,
+                f"Total params: {self.total_params:,}",
+                f"Trainable params: {self.trainable_params:,}",
+                f"Non-trainable params: {self.non_trainable_params:,}",
+                f"Total MACs per sample: {self.total_macs:,}",
+                "_" * width,
+            ]
+        )
 
 
 def count_params(module: nn.Module) -> tuple[int, int]:
@@ -125,8 +131,9 @@ def _type_name(module: nn.Module) -> str:
     return type(module).__name__
 
 
-def summarize(model: nn.Module | Spec, spec: Spec | None = None, *,
-              expand: bool = False) -> Summary:
+def summarize(
+    model: nn.Module | Spec, spec: Spec | None = None, *, expand: bool = False
+) -> Summary:
     """Rows for the spec's top-level layers (``expand``: also the inside of backbones, reused
     models and residual blocks, as ``parent.child``), with totals over the whole model.
 

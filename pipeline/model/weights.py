@@ -26,9 +26,7 @@ def read_state_dict(path: Path, missing: str) -> dict[str, torch.Tensor]:
         raise ModelBuildError(f"cannot read weights from {path}: {err}") from err
     if isinstance(data, Mapping) and isinstance(data.get("model"), Mapping):
         data = data["model"]
-    if not isinstance(data, Mapping) or not all(
-        isinstance(v, torch.Tensor) for v in data.values()
-    ):
+    if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise ModelBuildError(
             f"{path} holds no state dict (expected a dict of tensors, or a checkpoint dict "
             "with key 'model')"
@@ -39,7 +37,7 @@ def read_state_dict(path: Path, missing: str) -> dict[str, torch.Tensor]:
 def _strip(key: str) -> str:
     for prefix in WRAPPER_PREFIXES:
         while key.startswith(prefix):
-            key = key[len(prefix):]
+            key = key[len(prefix) :]
     return key
 
 

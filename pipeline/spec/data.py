@@ -134,14 +134,18 @@ class DataSection(SpecModel):
             raise ValueError("dataset image_folder needs 'path' (a folder of class sub-folders)")
         folder_only = self.path or self.test_path or (self.validation and self.validation.path)
         if self.dataset != "image_folder" and folder_only:
-            raise ValueError(f"'path', 'test_path' and 'validation.path' are for image_folder, "
-                             f"not {self.dataset}")
+            raise ValueError(
+                f"'path', 'test_path' and 'validation.path' are for image_folder, "
+                f"not {self.dataset}"
+            )
         if isinstance(self.normalize, ExplicitNormalization):
             n, m = len(self.normalize.mean), len(self.normalize.std)
             channels = self.channels()
             if n != m or (channels and n not in (1, channels)):
-                raise ValueError(f"normalize needs one mean and one std per channel ({channels}) "
-                                 f"or one of each for all; got {n} and {m}")
+                raise ValueError(
+                    f"normalize needs one mean and one std per channel ({channels}) "
+                    f"or one of each for all; got {n} and {m}"
+                )
         return self
 
     def channels(self) -> int | None:

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from pipeline.errors import PipelineError
+
 Severity = Literal["error", "warning"]
 PathPart = str | int
 
@@ -74,7 +76,7 @@ class Problem:
         }
 
 
-class SpecError(Exception):
+class SpecError(PipelineError):
     """Every located error of a spec (or several specs), reported together."""
 
     def __init__(self, problems: Iterable[Problem]):
@@ -86,6 +88,9 @@ class SpecError(Exception):
     @property
     def errors(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == "error"]
+
+    def report(self) -> str:
+        return self.format()
 
     def format(self, *, source: bool = True) -> str:
         n = len(self.errors)

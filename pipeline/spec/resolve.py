@@ -69,18 +69,19 @@ def expand_model(model: Any, problems: list[Problem], path: tuple[PathPart, ...]
 _PLACEHOLDER = re.compile(r"\$\{([^}]*)\}|\$([A-Za-z_]\w*)")
 
 
-def _check_definition(name: str, block: Mapping, problems: list[Problem],
-                      path: tuple[PathPart, ...]) -> None:
+def _check_definition(
+    name: str, block: Mapping, problems: list[Problem], path: tuple[PathPart, ...]
+) -> None:
     """A parameterised block: every ``$name`` it uses is one of its ``params``."""
     params = block.get("params") or {}
     if not isinstance(params, Mapping) or not isinstance(block.get("layers"), list):
         return  # the schema reports the shape
-    _substitute(block["layers"], {k: f"${k}" for k in params}, problems,
-                (*path, "layers"), name)
+    _substitute(block["layers"], {k: f"${k}" for k in params}, problems, (*path, "layers"), name)
 
 
-def _substitute(node: Any, values: Mapping, problems: list[Problem],
-                path: tuple[PathPart, ...], block: str) -> Any:
+def _substitute(
+    node: Any, values: Mapping, problems: list[Problem], path: tuple[PathPart, ...], block: str
+) -> Any:
     """``node`` with each ``$param`` replaced: a whole-string placeholder by the value itself
     (a number stays a number), one inside a longer string by its text. Marks are kept."""
     if isinstance(node, Mapping):
@@ -98,9 +99,14 @@ def _substitute(node: Any, values: Mapping, problems: list[Problem],
         used = match.group(1) or match.group(2)
         if used not in values:
             known = ", ".join(values) or "none (add params to the block)"
-            problems.append(Problem(f"block {block!r} has no parameter {used!r}; its params: "
-                                    f"{known}", path, code="block",
-                                    hint=did_you_mean(used, list(values)) or None))
+            problems.append(
+                Problem(
+                    f"block {block!r} has no parameter {used!r}; its params: {known}",
+                    path,
+                    code="block",
+                    hint=did_you_mean(used, list(values)) or None,
+                )
+            )
             return node
     whole = _PLACEHOLDER.fullmatch(node)
     if whole:
@@ -108,16 +114,22 @@ def _substitute(node: Any, values: Mapping, problems: list[Problem],
     return _PLACEHOLDER.sub(lambda m: str(values[m.group(1) or m.group(2)]), node)
 
 
-def _block_body(name: str, block: Any, ref: Mapping, problems: list[Problem],
-                path: tuple[PathPart, ...]) -> list | None:
+def _block_body(
+    name: str, block: Any, ref: Mapping, problems: list[Problem], path: tuple[PathPart, ...]
+) -> list | None:
     """The layers a reference inserts: a plain block's list, or a parameterised block's layers
     with the reference's ``params`` (over the block's defaults) substituted."""
     given = ref.get("params") or {}
     if isinstance(block, list):
         if given:
-            problems.append(Problem(f"block {name!r} takes no params (define it as "
-                                    "{params: {...}, layers: [...]} to give it some)",
-                                    (*path, "params"), code="block"))
+            problems.append(
+                Problem(
+                    f"block {name!r} takes no params (define it as "
+                    "{params: {...}, layers: [...]} to give it some)",
+                    (*path, "params"),
+                    code="block",
+                )
+            )
         return block
     if not isinstance(block, Mapping) or not isinstance(block.get("layers"), list):
         return None  # the schema reports the shape
@@ -129,15 +141,25 @@ def _block_body(name: str, block: Any, ref: Mapping, problems: list[Problem],
         if key not in declared:
             ok = False
             known = ", ".join(map(str, declared)) or "none"
-            problems.append(Problem(f"block {name!r} has no parameter {key!r}; its params: "
-                                    f"{known}", (*path, "params", key), code="block",
-                                    hint=did_you_mean(str(key), list(declared)) or None))
+            problems.append(
+                Problem(
+                    f"block {name!r} has no parameter {key!r}; its params: {known}",
+                    (*path, "params", key),
+                    code="block",
+                    hint=did_you_mean(str(key), list(declared)) or None,
+                )
+            )
     values = {**declared, **given}
     for key, value in values.items():
         if value is None:
             ok = False
-            problems.append(Problem(f"block {name!r} needs a value for its parameter {key!r} "
-                                    "(it has no default)", (*path, "params"), code="block"))
+            problems.append(
+                Problem(
+                    f"block {name!r} needs a value for its parameter {key!r} (it has no default)",
+                    (*path, "params"),
+                    code="block",
+                )
+            )
     if not ok:
         return None
     # an unknown $name is reported once, where the block is defined (_check_definition)

@@ -11,10 +11,11 @@ from typing import Any
 
 import torch
 
+from pipeline.errors import PipelineError
 from pipeline.spec.spec import Spec
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(PipelineError):
     """A checkpoint that cannot be used (missing, or of another architecture)."""
 
 
@@ -51,7 +52,19 @@ def load(path: Path, spec: Spec | None = None, map_location: str | torch.device 
     """Load a checkpoint (tensors and plain containers only); check it fits ``spec``."""
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated, corrupt or not a checkpoint: any unpickling error
+        reason = str(err).strip().split(". ")[0] or type(err).__name__  # torch adds a paragraph
+        raise CheckpointError(
+            f"cannot read the checkpoint {path} ({reason}): train again, or restore it "
+            "(dvc checkout / dvc pull)"
+        ) from err
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(
+            f"{path} is not a pipeline checkpoint (no 'model' entry): train "
+            "again, or restore it (dvc checkout / dvc pull)"
+        )
     if spec is not None and state.get("arch") != architecture_hash(spec):
         raise CheckpointError(
             f"{path} was written for another architecture (spec {state.get('spec_name')!r}); "

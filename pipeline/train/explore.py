@@ -15,8 +15,16 @@ from torch import nn
 from pipeline.spec.spec import Spec
 
 
-def _plot(path: Path, xs: list[float], series: dict[str, list[float]], *, xlabel: str,
-          logx: bool = False, marker: float | None = None, title: str = "") -> None:
+def _plot(
+    path: Path,
+    xs: list[float],
+    series: dict[str, list[float]],
+    *,
+    xlabel: str,
+    logx: bool = False,
+    marker: float | None = None,
+    title: str = "",
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,15 +64,29 @@ def _setup(spec: Spec, prepared: Any) -> tuple[Any, Any, Any, torch.device]:
     device = runtime.pick_device(spec.train.device)
     runtime.seed_everything(spec.seed)
     model = build_model(spec, device=device)
-    loader = BatchLoader.from_prepared(prepared, "train", spec.train.batch_size, shuffle=True,
-                                       seed=spec.seed, device=device,
-                                       transform=build_augment(spec.augment))
+    loader = BatchLoader.from_prepared(
+        prepared,
+        "train",
+        spec.train.batch_size,
+        shuffle=True,
+        seed=spec.seed,
+        device=device,
+        transform=build_augment(spec.augment),
+    )
     loss = Trainer._loss_for(spec)
     return model, loader, loss, device
 
 
-def lr_find(spec: Spec, prepared: Any, out: Path, *, start: float = 1e-7, end: float = 10.0,
-            steps: int = 200, smooth: float = 0.98) -> dict[str, Any]:
+def lr_find(
+    spec: Spec,
+    prepared: Any,
+    out: Path,
+    *,
+    start: float = 1e-7,
+    end: float = 10.0,
+    steps: int = 200,
+    smooth: float = 0.98,
+) -> dict[str, Any]:
     """Smith's range test: raise the rate exponentially from ``start`` to ``end``, record the
     smoothed loss, stop when it diverges (4x its minimum). The model and optimizer are copies,
     so nothing of the run is changed. Suggests the rate of steepest descent."""
@@ -102,11 +124,20 @@ def lr_find(spec: Spec, prepared: Any, out: Path, *, start: float = 1e-7, end: f
     suggestion = _steepest(rows)
     out.mkdir(parents=True, exist_ok=True)
     _write_csv(out / "lr_find.csv", rows)
-    _plot(out / "lr_find.png", [r["lr"] for r in rows],
-          {"smoothed loss": [r["smoothed_loss"] for r in rows]}, xlabel="learning rate",
-          logx=True, marker=suggestion, title=f"{spec.name}: learning-rate range test")
-    return {"suggested_lr": suggestion, "steps": len(rows), "min_loss_lr": min(
-        rows, key=lambda r: r["smoothed_loss"])["lr"]}
+    _plot(
+        out / "lr_find.png",
+        [r["lr"] for r in rows],
+        {"smoothed loss": [r["smoothed_loss"] for r in rows]},
+        xlabel="learning rate",
+        logx=True,
+        marker=suggestion,
+        title=f"{spec.name}: learning-rate range test",
+    )
+    return {
+        "suggested_lr": suggestion,
+        "steps": len(rows),
+        "min_loss_lr": min(rows, key=lambda r: r["smoothed_loss"])["lr"],
+    }
 
 
 def _steepest(rows: list[dict[str, float]]) -> float:
@@ -114,9 +145,11 @@ def _steepest(rows: list[dict[str, float]]) -> float:
     usable = rows[: min(range(len(rows)), key=lambda i: rows[i]["smoothed_loss"]) + 1]
     if len(usable) < 3:
         return rows[0]["lr"]
-    slopes = [(usable[i + 1]["smoothed_loss"] - usable[i - 1]["smoothed_loss"])
-              / (math.log(usable[i + 1]["lr"]) - math.log(usable[i - 1]["lr"]))
-              for i in range(1, len(usable) - 1)]
+    slopes = [
+        (usable[i + 1]["smoothed_loss"] - usable[i - 1]["smoothed_loss"])
+        / (math.log(usable[i + 1]["lr"]) - math.log(usable[i - 1]["lr"]))
+        for i in range(1, len(usable) - 1)
+    ]
     return usable[1 + min(range(len(slopes)), key=slopes.__getitem__)]["lr"]
 
 
@@ -128,7 +161,7 @@ def schedule_preview(spec: Spec, out: Path, *, steps_per_epoch: int) -> list[dic
     phases = list(spec.train.phases) or [None]
     for phase in phases:
         epochs = phase.epochs if phase else spec.train.epochs
-        opt = (phase.optimizer if phase and phase.optimizer else spec.optimizer)
+        opt = phase.optimizer if phase and phase.optimizer else spec.optimizer
         if phase and phase.lr is not None:
             opt = opt.model_copy(update={"lr": phase.lr})
         sch = phase.schedule if phase and phase.schedule else spec.schedule
@@ -138,8 +171,13 @@ def schedule_preview(spec: Spec, out: Path, *, steps_per_epoch: int) -> list[dic
     out.mkdir(parents=True, exist_ok=True)
     _write_csv(out / "schedule.csv", rows)
     series = {"lr": [r["lr"] for r in rows]}
-    _plot(out / "schedule.png", [r["step"] for r in rows], series, xlabel="step",
-          title=f"{spec.name}: planned learning rate")
+    _plot(
+        out / "schedule.png",
+        [r["step"] for r in rows],
+        series,
+        xlabel="step",
+        title=f"{spec.name}: planned learning rate",
+    )
     return rows
 
 
@@ -150,8 +188,9 @@ def diagnose(spec: Spec, prepared: Any) -> list[dict[str, Any]]:
     return layer_stats(model, loss_fn, next(iter(loader)))
 
 
-def layer_stats(model: nn.Module, loss_fn: Any, batch: tuple[torch.Tensor, torch.Tensor]
-                ) -> list[dict[str, Any]]:
+def layer_stats(
+    model: nn.Module, loss_fn: Any, batch: tuple[torch.Tensor, torch.Tensor]
+) -> list[dict[str, Any]]:
     """One forward/backward of ``batch`` in training mode, recording each top-level layer's
     output statistics and weight-gradient norm; the model's own gradients are left untouched."""
     layers = dict(model.named_children())
@@ -166,6 +205,7 @@ def layer_stats(model: nn.Module, loss_fn: Any, batch: tuple[torch.Tensor, torch
             if (out >= 0).all() and out.dim() >= 2:
                 units = out.transpose(0, 1).reshape(out.shape[1], -1)
                 s["dead_fraction"] = (units.amax(dim=1) <= 0).float().mean().item()
+
         return hook
 
     hooks = [m.register_forward_hook(record(name)) for name, m in layers.items()]

@@ -31,7 +31,7 @@ def select(model: Any, selectors: Sequence[Any]) -> list[nn.Module]:
     for sel in selectors:
         if isinstance(sel, LayerRange):
             if sel.from_ is not None:
-                names = order[position(sel.from_):]
+                names = order[position(sel.from_) :]
             else:
                 names = order[: position(sel.before)]  # type: ignore[arg-type]
         elif isinstance(sel, int):
@@ -55,12 +55,23 @@ def param_groups(model: Any, optimizer: Any) -> list[dict[str, Any]]:
     taken: set[int] = set()
     groups: list[dict[str, Any]] = []
     for group in optimizer.param_groups:
-        params = [p for m in select(model, group.layers) for p in m.parameters()
-                  if p.requires_grad and id(p) not in taken]
+        params = [
+            p
+            for m in select(model, group.layers)
+            for p in m.parameters()
+            if p.requires_grad and id(p) not in taken
+        ]
         taken.update(id(p) for p in params)
         if params:
-            extra = {k: v for k, v in (("lr", group.lr), ("lr_scale", group.lr_scale),
-                                       ("weight_decay", group.weight_decay)) if v is not None}
+            extra = {
+                k: v
+                for k, v in (
+                    ("lr", group.lr),
+                    ("lr_scale", group.lr_scale),
+                    ("weight_decay", group.weight_decay),
+                )
+                if v is not None
+            }
             groups.append({"params": params, **extra})
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
     if rest:
@@ -87,8 +98,7 @@ def constraints(model: Any, spec: Spec) -> list[Constraint]:
         if (reg is None or not (reg.l1 or reg.l2)) and limit is None:
             continue
         core = layers[name].core  # the conv/linear inside the built block
-        out.append(Constraint(core.weight, reg.l1 if reg else 0.0, reg.l2 if reg else 0.0,
-                              limit))
+        out.append(Constraint(core.weight, reg.l1 if reg else 0.0, reg.l2 if reg else 0.0, limit))
     return out
 
 

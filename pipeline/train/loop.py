@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from pipeline import runtime
+from pipeline.errors import PipelineError
 from pipeline.spec.spec import Spec
 from pipeline.spec.train import Phase
 from pipeline.train import checkpoint as ckpt
@@ -29,7 +30,7 @@ from pipeline.train.schedules import LRSchedule
 Log = Callable[[str], None]
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(PipelineError):
     """The loss or the gradients became NaN/inf; the last good checkpoint is kept."""
 
 
@@ -104,15 +105,18 @@ def offline_set(spec: Spec, prepared: Any, log: Log) -> tuple[Any, torch.Tensor]
 
     from pipeline.data.augment import offline_augment
 
-    key = hashlib.sha256((prepared.root.name + spec.augment.model_dump_json()
-                          + str(spec.seed)).encode()).hexdigest()[:8]
+    key = hashlib.sha256(
+        (prepared.root.name + spec.augment.model_dump_json() + str(spec.seed)).encode()
+    ).hexdigest()[:8]
     folder = prepared.root.parent / f"{prepared.root.name}-offline-{key}"
     x, y = prepared.split("train")
     labels = torch.as_tensor(np.asarray(y)).repeat(1 + spec.augment.factor)
     if (folder / "train_x.npy").is_file():
         return np.load(folder / "train_x.npy", mmap_mode="r"), labels
-    log(f"offline augmentation: {spec.augment.factor} augmented copies of each of {len(x)} "
-        f"training images, stored in {folder}")
+    log(
+        f"offline augmentation: {spec.augment.factor} augmented copies of each of {len(x)} "
+        f"training images, stored in {folder}"
+    )
     images = offline_augment(torch.as_tensor(np.asarray(x)), spec.augment, spec.seed).numpy()
     tmp = folder.with_name(folder.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
@@ -194,13 +198,20 @@ class Trainer:
             self.train_loader = BatchLoader.from_prepared(
                 prepared, "train", t.batch_size, shuffle=True, seed=spec.seed,
                 drop_last=t.drop_last, transform=build_augment(spec.augment), **common)  # fmt: skip
-        self.val_loader = (BatchLoader.from_prepared(prepared, "val", spec.evaluate.batch_size,
-                                                     **common)
-                           if "val" in prepared.splits else None)
+        self.val_loader = (
+            BatchLoader.from_prepared(prepared, "val", spec.evaluate.batch_size, **common)
+            if "val" in prepared.splits
+            else None
+        )
         monitor = t.checkpoint.monitor
         if monitor == "auto":  # the best checkpoint is what early stopping restores
-            monitor = (t.early_stopping.monitor if t.early_stopping
-                       else "val_loss" if self.val_loader is not None else "loss")
+            monitor = (
+                t.early_stopping.monitor
+                if t.early_stopping
+                else "val_loss"
+                if self.val_loader is not None
+                else "loss"
+            )
         self.monitor, self.monitor_mode = monitor, _mode(monitor, t.checkpoint.mode)
         self.state = State()
 
@@ -225,14 +236,19 @@ class Trainer:
             opt_spec = opt_spec.model_copy(update={"lr": phase.lr})
         self.opt_spec = opt_spec
         optimizer = build_optimizer(opt_spec, L.param_groups(self.model, opt_spec))
-        schedule = LRSchedule(phase.schedule or self.spec.schedule, optimizer,
-                              steps_per_epoch=len(self.train_loader), epochs=phase.epochs)
+        schedule = LRSchedule(
+            phase.schedule or self.spec.schedule,
+            optimizer,
+            steps_per_epoch=len(self.train_loader),
+            epochs=phase.epochs,
+        )
         return optimizer, schedule
 
     # ---- one epoch ----------------------------------------------------------------------
 
-    def _train_epoch(self, epoch: int, optimizer: torch.optim.Optimizer,
-                     schedule: LRSchedule) -> dict[str, float]:
+    def _train_epoch(
+        self, epoch: int, optimizer: torch.optim.Optimizer, schedule: LRSchedule
+    ) -> dict[str, float]:
         self.model.train()
         self.train_loader.set_epoch(epoch)
         metrics = RunningMetrics(self.spec.train.top_k, self.device)
@@ -240,8 +256,11 @@ class Trainer:
         params = [p for g in optimizer.param_groups for p in g["params"]]
         check_every = 1 if self.device.type == "cpu" else 25
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
-        autocast = (torch.autocast(self.device.type, dtype=self.amp) if self.amp
-                    else contextlib.nullcontext())
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.amp)
+            if self.amp
+            else contextlib.nullcontext()
+        )
         for step, (x, y) in enumerate(_progress(self.train_loader, f"epoch {epoch + 1}")):
             with autocast:
                 logits = self.forward(x)
@@ -267,7 +286,8 @@ class Trainer:
                     f"the loss became NaN/inf at epoch {epoch + 1}, step {step + 1}"
                     + ("" if check_every == 1 else f" (checked every {check_every} steps)")
                     + ". The learning rate may be too high: lower optimizer.lr, add "
-                    "clip_norm, or check the data. The last good checkpoint is kept.")
+                    "clip_norm, or check the data. The last good checkpoint is kept."
+                )
         if bad.item():
             raise TrainingDiverged(f"the loss became NaN/inf during epoch {epoch + 1}")
         out = metrics.compute()
@@ -279,8 +299,11 @@ class Trainer:
     def evaluate(self, loader: Any) -> dict[str, float]:
         self.model.eval()
         metrics = RunningMetrics(self.spec.train.top_k, self.device)
-        autocast = (torch.autocast(self.device.type, dtype=self.amp) if self.amp
-                    else contextlib.nullcontext())
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.amp)
+            if self.amp
+            else contextlib.nullcontext()
+        )
         for x, y in loader:
             with autocast:
                 logits = self.forward(x)
@@ -323,13 +346,17 @@ class Trainer:
         es_best: float | None = None
         start_phase, resume_state = 0, None
         if resume and (self.out / "checkpoints" / "last.pt").is_file():
-            resume_state = ckpt.load(self.out / "checkpoints" / "last.pt", self.spec,
-                                     map_location=self.device)
+            resume_state = ckpt.load(
+                self.out / "checkpoints" / "last.pt", self.spec, map_location=self.device
+            )
             self.model.load_state_dict(resume_state["model"])
             s = self.state
-            s.epoch, s.best, s.best_epoch, s.stale = (resume_state["epoch"], resume_state["best"],
-                                                      resume_state["best_epoch"],
-                                                      resume_state["stale"])
+            s.epoch, s.best, s.best_epoch, s.stale = (
+                resume_state["epoch"],
+                resume_state["best"],
+                resume_state["best_epoch"],
+                resume_state["stale"],
+            )
             s.history = json.loads(resume_state["history"])
             start_phase = resume_state["phase"]
             torch.set_rng_state(resume_state["rng"].cpu())
@@ -351,8 +378,9 @@ class Trainer:
                     else:
                         self.state.stale += 1
                     if self.state.stale > es.patience:
-                        self.state.stopped = (f"early stopping: {es.monitor} did not improve "
-                                              f"for {es.patience} epochs")
+                        self.state.stopped = (
+                            f"early stopping: {es.monitor} did not improve for {es.patience} epochs"
+                        )
                         break
             phase_start += phase.epochs
             if self.state.stopped:
@@ -362,19 +390,26 @@ class Trainer:
             self.log(self.state.stopped)
         best_path = self.out / "checkpoints" / "best.pt"
         if es is not None and es.restore_best and best_path.is_file():
-            self.model.load_state_dict(ckpt.load(best_path, self.spec,
-                                                 map_location=self.device)["model"])
+            self.model.load_state_dict(
+                ckpt.load(best_path, self.spec, map_location=self.device)["model"]
+            )
         self._write_summary()
-        return TrainResult(self.model, self.state.history, self.state.best_epoch,
-                           self.state.stopped, self.out)
+        return TrainResult(
+            self.model, self.state.history, self.state.best_epoch, self.state.stopped, self.out
+        )
 
-    def _epoch(self, epoch: int, phase: Phase, index: int, optimizer: Any,
-               schedule: LRSchedule) -> dict[str, Any]:
+    def _epoch(
+        self, epoch: int, phase: Phase, index: int, optimizer: Any, schedule: LRSchedule
+    ) -> dict[str, Any]:
         began = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         try:
-            row: dict[str, Any] = {"epoch": epoch + 1, "phase": phase.name or str(index + 1),
-                                   "lr": lr, **self._train_epoch(epoch, optimizer, schedule)}
+            row: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "phase": phase.name or str(index + 1),
+                "lr": lr,
+                **self._train_epoch(epoch, optimizer, schedule),
+            }
         except TrainingDiverged:
             self._write_history()
             raise
@@ -396,10 +431,15 @@ class Trainer:
         self._save("last", optimizer, schedule, index)  # always: --resume needs it
         self._write_history()
         log_live(self.live, row)
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float)
-                          and k not in RUN_COLUMNS and k != "lr")
-        self.log(f"epoch {epoch + 1} [{row['phase']}] lr {lr:.3g} {shown} "
-                 f"({row['time_s']:.1f} s, {row['train_images_per_s']:,.0f} img/s)")
+        shown = ", ".join(
+            f"{k} {v:.4f}"
+            for k, v in row.items()
+            if isinstance(v, float) and k not in RUN_COLUMNS and k != "lr"
+        )
+        self.log(
+            f"epoch {epoch + 1} [{row['phase']}] lr {lr:.3g} {shown} "
+            f"({row['time_s']:.1f} s, {row['train_images_per_s']:,.0f} img/s)"
+        )
         return row
 
     def _diagnostics(self, epoch: int) -> None:
@@ -411,23 +451,37 @@ class Trainer:
         path = self.out / "diagnostics.csv"
         new = not path.is_file() or epoch == 0
         with path.open("w" if new else "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["epoch", "layer", "act_mean", "act_std",
-                                                   "dead_fraction", "grad_norm"])
+            writer = csv.DictWriter(
+                f,
+                fieldnames=["epoch", "layer", "act_mean", "act_std", "dead_fraction", "grad_norm"],
+            )
             if new:
                 writer.writeheader()
             writer.writerows({"epoch": epoch + 1, **r} for r in rows)
 
     def _write_summary(self) -> None:
         s = self.state
-        summary = {"epochs": s.epoch, "best_epoch": s.best_epoch, "monitor": self.monitor,
-                   "best": s.best, "stopped": s.stopped, "environment": runtime.environment()}
+        summary = {
+            "epochs": s.epoch,
+            "best_epoch": s.best_epoch,
+            "monitor": self.monitor,
+            "best": s.best,
+            "stopped": s.stopped,
+            "environment": runtime.environment(),
+        }
         if s.history:
             summary["last"] = s.history[-1]
         atomic_write(self.out / "train.json", json.dumps(summary, indent=2) + "\n")
 
 
-def train(spec: Spec, *, prepared: Any = None, out: Path | None = None, resume: bool = False,
-          log: Log = print) -> TrainResult:
+def train(
+    spec: Spec,
+    *,
+    prepared: Any = None,
+    out: Path | None = None,
+    resume: bool = False,
+    log: Log = print,
+) -> TrainResult:
     """Train the spec's model on its prepared data; writes checkpoints and history under
     ``runs/<name>``. Raises TrainingDiverged with a clear message on NaN/inf."""
     from pipeline.data.prepare import prepare
@@ -436,5 +490,3 @@ def train(spec: Spec, *, prepared: Any = None, out: Path | None = None, resume: 
         prepared = prepare(spec)  # a no-op when the data section was prepared already
     trainer = Trainer(spec, prepared, out=out or run_dir(spec), log=log)
     return trainer.run(resume=resume)
-
-

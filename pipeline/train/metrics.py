@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pipeline.errors import ConfigurationError
+
 
 def loss_fn(kind: str, outputs: int, label_smoothing: float):
     """Cross-entropy on logits for several outputs, binary cross-entropy on logits for one."""
@@ -12,7 +14,9 @@ def loss_fn(kind: str, outputs: int, label_smoothing: float):
         kind = "binary_cross_entropy" if outputs == 1 else "cross_entropy"
     if kind == "binary_cross_entropy":
         if outputs != 1:
-            raise ValueError(f"binary_cross_entropy needs one output unit, the model has {outputs}")
+            raise ConfigurationError(
+                f"binary_cross_entropy needs one output unit, the model has {outputs}"
+            )
 
         def bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             target = y.to(logits.dtype).view_as(logits)

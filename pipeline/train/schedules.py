@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch.optim import lr_scheduler
 
+from pipeline.errors import ConfigurationError
 from pipeline.registry import Registry
 from pipeline.spec import optim as s
 
@@ -127,8 +128,10 @@ class LRSchedule:
     def after_epoch(self, metrics: dict[str, float]) -> None:
         if self.spec.type == "reduce_on_plateau":
             if self.spec.monitor not in metrics:
-                raise KeyError(f"reduce_on_plateau monitors {self.spec.monitor!r}, which this "
-                               f"run does not record (it has {', '.join(sorted(metrics))})")
+                raise ConfigurationError(
+                    f"reduce_on_plateau monitors {self.spec.monitor!r}, which this "
+                    f"run does not record (it has {', '.join(sorted(metrics))})"
+                )
             self.scheduler.step(metrics[self.spec.monitor])
         elif self.spec.interval == "epoch":
             self.scheduler.step()
@@ -155,8 +158,14 @@ def planned(
         for i in range(steps_per_epoch):
             group = opt.param_groups[0]
             momentum = group.get("momentum", group.get("betas", (None,))[0])
-            rows.append({"step": epoch * steps_per_epoch + i, "epoch": epoch,
-                         "lr": group["lr"], "momentum": momentum})
+            rows.append(
+                {
+                    "step": epoch * steps_per_epoch + i,
+                    "epoch": epoch,
+                    "lr": group["lr"],
+                    "momentum": momentum,
+                }
+            )
             opt.step()
             schedule.after_step()
         if sch.type != "reduce_on_plateau":

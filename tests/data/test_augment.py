@@ -102,15 +102,17 @@ def test_shift_matrix_moves_content_by_whole_pixels() -> None:
     torch.testing.assert_close(out[..., :-2, 3:], x[..., 2:, :-3], atol=1e-6, rtol=0)
     assert out[..., :, :3].abs().max() == 0  # constant fill: zeros where the content left
     assert out[..., -2:, :].abs().max() == 0
-    nearest = apply_affine(x, shift_matrix(torch.tensor([3.0]), torch.tensor([0.0])),
-                           Warp("nearest"))
+    nearest = apply_affine(
+        x, shift_matrix(torch.tensor([3.0]), torch.tensor([0.0])), Warp("nearest")
+    )
     torch.testing.assert_close(nearest[..., :, :3], x[..., :, :1].expand(-1, -1, -1, 3))
 
 
 def test_constant_fill_value_fills_where_the_content_left() -> None:
     x = images(1, 1, 12, 16)
-    out = apply_affine(x, shift_matrix(torch.tensor([3.0]), torch.tensor([0.0])),
-                       Warp("constant", fill_value=0.75))
+    out = apply_affine(
+        x, shift_matrix(torch.tensor([3.0]), torch.tensor([0.0])), Warp("constant", fill_value=0.75)
+    )
     torch.testing.assert_close(out[..., :, :3], torch.full_like(out[..., :, :3], 0.75))
     torch.testing.assert_close(out[..., :, 3:], x[..., :, :-3], atol=1e-6, rtol=0)
 
@@ -137,8 +139,10 @@ def test_zoom_range_pair_draws_inside_its_bounds() -> None:
 
 @pytest.mark.parametrize(
     ("transform", "message"),
-    [({"type": "zoom", "range": [1.2, 0.9]}, "lower bound is above the upper"),
-     ({"type": "rotation", "degrees": 10, "fill_value": 0.5}, "fill: constant only")],
+    [
+        ({"type": "zoom", "range": [1.2, 0.9]}, "lower bound is above the upper"),
+        ({"type": "rotation", "degrees": 10, "fill_value": 0.5}, "fill: constant only"),
+    ],
 )
 def test_bad_geometric_options_are_spec_errors(transform: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -328,7 +332,9 @@ def test_math_reference() -> None:
 
 def test_transforms_with_different_warps_do_not_share_a_grid_sample() -> None:
     same = aug({"type": "rotation", "degrees": 10}, {"type": "zoom", "range": 0.1})
-    split = aug({"type": "rotation", "degrees": 10, "interpolation": "nearest"},
-                {"type": "zoom", "range": 0.1})
+    split = aug(
+        {"type": "rotation", "degrees": 10, "interpolation": "nearest"},
+        {"type": "zoom", "range": 0.1},
+    )
     assert same.names == ["affine[rotation+zoom]"]
     assert split.names == ["affine[rotation]", "affine[zoom]"]

@@ -146,8 +146,16 @@ def test_small_memmap_is_loaded_not_streamed(tmp_path):
 def test_cuda_batches_equal_the_cpu_batches(resident):
     data = indexed(300, c=3)
     cpu = BatchLoader(*data, 64, shuffle=True, seed=3, mean=[0.5] * 3, std=[0.25] * 3)
-    gpu = BatchLoader(*data, 64, shuffle=True, seed=3, mean=[0.5] * 3, std=[0.25] * 3,
-                      device="cuda", resident=resident)
+    gpu = BatchLoader(
+        *data,
+        64,
+        shuffle=True,
+        seed=3,
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        device="cuda",
+        resident=resident,
+    )
     for _ in range(2):  # the pinned path double-buffers: a second epoch reuses its buffers
         pairs = list(zip(cpu, gpu, strict=True))
         for (xc, yc), (xg, yg) in pairs:

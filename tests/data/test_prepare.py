@@ -226,8 +226,11 @@ def test_folder_depends_only_on_the_data_section(make_spec, tmp_path):
 
 
 def test_prepare_into_an_exact_folder_and_load_it_back_checked(make_spec, tmp_path):
-    data = {"dataset": "mnist", "mirror": str(need_mirror("MNIST")),
-            "subset": {"train_per_class": 20, "test_per_class": 5}}
+    data = {
+        "dataset": "mnist",
+        "mirror": str(need_mirror("MNIST")),
+        "subset": {"train_per_class": 20, "test_per_class": 5},
+    }
     spec = make_spec(data)
     folder = tmp_path / "dvc-out" / "tiny"
     prepared = prepare(spec, target=folder)

@@ -13,9 +13,16 @@ from pipeline.spec.spec import Spec
 MakeSpec = Callable[..., Spec]
 
 
-def make_spec(layers: str, input_shape: list[int], *, data: str = "{dataset: mnist}",
-              extra: str = "", defaults: str = "", check: bool = True,
-              name: str = "t") -> Spec:
+def make_spec(
+    layers: str,
+    input_shape: list[int],
+    *,
+    data: str = "{dataset: mnist}",
+    extra: str = "",
+    defaults: str = "",
+    check: bool = True,
+    name: str = "t",
+) -> Spec:
     """A spec whose ``model.layers`` is the YAML list ``layers`` (one ``- {...}`` per line);
     ``extra`` adds top-level sections, ``defaults`` the model's per-kind defaults mapping."""
     text = (

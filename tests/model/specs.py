@@ -51,8 +51,11 @@ SELU_MLP = """
 """
 
 VGG_BASE = "- {type: backbone, arch: vgg16, include_top: false}"
-VGG_HEAD = VGG_BASE + """
+VGG_HEAD = (
+    VGG_BASE
+    + """
 - {type: flatten}
 - {type: dense, units: 256, activation: relu}
 - {type: dense, units: 1, activation: sigmoid}
 """
+)

@@ -35,7 +35,15 @@ def test_summary_matches_the_seeds(name, figures):
 def test_mnist_convnet_shapes_follow_the_keras_table():
     rows = summarize(load_spec(SPECS / "mnist_convnet.yaml")).rows
     assert [r.output_shape for r in rows] == [
-        (32, 26, 26), (32, 13, 13), (64, 11, 11), (64, 5, 5), (64, 3, 3), (576,), (64,), (10,)]
+        (32, 26, 26),
+        (32, 13, 13),
+        (64, 11, 11),
+        (64, 5, 5),
+        (64, 3, 3),
+        (576,),
+        (64,),
+        (10,),
+    ]
     assert [r.params for r in rows] == [320, 0, 18_496, 0, 36_928, 0, 36_928, 650]
 
 

@@ -14,13 +14,20 @@ from pipeline.spec.composite import ARCHS
 DATA = "{dataset: cifar10}"
 CLASSIFIER = ["avgpool", "flatten", "classifier"]
 FC = ["avgpool", "flatten", "fc"]
-TOPS = {"vgg16": CLASSIFIER, "vgg19": CLASSIFIER, "resnet18": FC, "resnet34": FC, "resnet50": FC,
-        "mobilenet_v2": CLASSIFIER}
+TOPS = {
+    "vgg16": CLASSIFIER,
+    "vgg19": CLASSIFIER,
+    "resnet18": FC,
+    "resnet34": FC,
+    "resnet50": FC,
+    "mobilenet_v2": CLASSIFIER,
+}
 
 
 def backbone_spec(spec_of, arch: str, extra: str = "", size: int = 32):
-    return spec_of(f"- {{type: backbone, arch: {arch}{extra}}}", [3, size, size], data=DATA,
-                   check=False)
+    return spec_of(
+        f"- {{type: backbone, arch: {arch}{extra}}}", [3, size, size], data=DATA, check=False
+    )
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
@@ -35,8 +42,12 @@ def test_every_arch_has_the_block_names_and_shapes(spec_of, arch, top):
         reference = torchvision.models.get_model(arch, weights=None)
     total = sum(p.numel() for p in model.parameters())
     full = sum(p.numel() for p in reference.parameters())
-    top_params = sum(p.numel() for n in TOPS[arch] if hasattr(reference, n)
-                     for p in getattr(reference, n).parameters())
+    top_params = sum(
+        p.numel()
+        for n in TOPS[arch]
+        if hasattr(reference, n)
+        for p in getattr(reference, n).parameters()
+    )
     assert total == (full if top else full - top_params)
 
 
@@ -90,8 +101,9 @@ def test_renamed_weights_file_loads_too(spec_of, tmp_path):
     spec = backbone_spec(spec_of, "resnet18", f", weights: {{path: {tmp_path / 'ours.pt'}}}")
     spec.seed = 99
     model = build_model(spec)
-    assert torch.equal(model.backbone_1.layer4[1].conv2.weight,
-                       source.backbone_1.layer4[1].conv2.weight)
+    assert torch.equal(
+        model.backbone_1.layer4[1].conv2.weight, source.backbone_1.layer4[1].conv2.weight
+    )
 
 
 def test_missing_weights_file_names_the_path(spec_of, tmp_path):
@@ -102,8 +114,10 @@ def test_missing_weights_file_names_the_path(spec_of, tmp_path):
 
 
 def test_weights_of_another_arch_do_not_fit(spec_of, tmp_path):
-    torch.save(build_model(backbone_spec(spec_of, "mobilenet_v2")).backbone_1.state_dict(),
-               tmp_path / "mnv2.pt")
+    torch.save(
+        build_model(backbone_spec(spec_of, "mobilenet_v2")).backbone_1.state_dict(),
+        tmp_path / "mnv2.pt",
+    )
     spec = backbone_spec(spec_of, "resnet18", f", weights: {{path: {tmp_path / 'mnv2.pt'}}}")
     with pytest.raises(ModelBuildError, match="does not fit the model: missing keys"):
         build_model(spec)
@@ -128,11 +142,15 @@ def test_failed_download_suggests_a_local_file(spec_of, monkeypatch, tmp_path):
 
 
 def test_summary_shows_a_backbone_as_one_row_or_expanded(spec_of):
-    spec = spec_of("""
+    spec = spec_of(
+        """
         - {type: backbone, arch: vgg16, trainable: false}
         - {type: global_avg_pool2d}
         - {type: dense, units: 10}
-        """, [3, 64, 64], data="{dataset: cifar10, image_size: 64}")
+        """,
+        [3, 64, 64],
+        data="{dataset: cifar10, image_size: 64}",
+    )
     model = build_model(spec, device="meta")
     summary = summarize(model, spec)
     assert [r.name for r in summary.rows] == ["backbone_1", "global_avg_pool2d_1", "dense_1"]

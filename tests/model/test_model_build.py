@@ -113,10 +113,16 @@ def test_forward_returns_logits_and_predict_proba_probabilities(spec_of):
 
 
 def test_sigmoid_output_is_kept_out_of_forward(spec_of):
-    model = build_model(spec_of("""
+    model = build_model(
+        spec_of(
+            """
         - {type: dense, units: 4, activation: relu}
         - {type: dense, units: 1, activation: sigmoid, kernel_init: {type: constant, value: 3}}
-        """, [3], check=False))
+        """,
+            [3],
+            check=False,
+        )
+    )
     assert model.output_activation == "sigmoid"
     x = torch.ones(2, 3)
     logits = model(x)
@@ -125,17 +131,26 @@ def test_sigmoid_output_is_kept_out_of_forward(spec_of):
 
 
 def test_final_softmax_layer_becomes_identity(spec_of):
-    model = build_model(spec_of("""
+    model = build_model(
+        spec_of(
+            """
         - {type: dense, units: 10}
         - {type: softmax}
-        """, [5], check=False))
+        """,
+            [5],
+            check=False,
+        )
+    )
     assert model.output_activation == "softmax"
     assert isinstance(model.get_submodule("softmax_1"), nn.Identity)
 
 
 def test_softmax_before_a_batch_norm_stays(spec_of):
-    model = build_model(spec_of(
-        "- {type: dense, units: 10, activation: softmax, batch_norm: after}", [5], check=False))
+    model = build_model(
+        spec_of(
+            "- {type: dense, units: 10, activation: softmax, batch_norm: after}", [5], check=False
+        )
+    )
     assert model.output_activation is None
     assert isinstance(model.dense_1.act, nn.Softmax)
     logits = model(torch.rand(3, 5))
@@ -144,12 +159,17 @@ def test_softmax_before_a_batch_norm_stays(spec_of):
 
 
 def test_weighted_layer_structure_and_names(spec_of):
-    model = build_model(spec_of("""
+    model = build_model(
+        spec_of(
+            """
         - {type: conv2d, filters: 4, kernel_size: 3, batch_norm: before, activation: relu}
         - {type: conv2d, filters: 4, kernel_size: 3, batch_norm: after, activation: relu, name: top}
         - {type: flatten}
         - {type: dense, units: 10}
-        """, [1, 28, 28]))
+        """,
+            [1, 28, 28],
+        )
+    )
     assert isinstance(model, SpecModel)
     assert list(model.conv2d_1._modules) == ["conv", "bn", "act"]
     assert list(model.get_submodule("top")._modules) == ["conv", "act", "bn"]
@@ -169,8 +189,11 @@ def test_all_kinds_build_and_match_the_schema_shapes(spec_of, tmp_path, monkeypa
     _write_source(tmp_path, monkeypatch)
     map_spec = spec_of(MAP_KINDS, [3, 64, 64], data="{dataset: cifar10, image_size: 64}")
     comp_spec = spec_of(COMPOSITE_KINDS, [3, 32, 32], data="{dataset: cifar10}")
-    kinds = {layer.type for spec in (map_spec, comp_spec)
-             for _, _, layer in named_layers(spec.model.layers)}
+    kinds = {
+        layer.type
+        for spec in (map_spec, comp_spec)
+        for _, _, layer in named_layers(spec.model.layers)
+    }
     assert kinds == set(LAYERS.kinds) - {"block"}
 
     for spec in (map_spec, comp_spec):
@@ -199,8 +222,11 @@ def _single(spec_of, layer: str, shape: list[int]) -> nn.Module:
 
 
 def test_strided_same_conv_pads_like_tensorflow(spec_of):
-    conv = _single(spec_of, "{type: conv2d, filters: 1, kernel_size: 3, stride: 2, "
-                   "padding: same, kernel_init: ones}", [1, 8, 8])
+    conv = _single(
+        spec_of,
+        "{type: conv2d, filters: 1, kernel_size: 3, stride: 2, padding: same, kernel_init: ones}",
+        [1, 8, 8],
+    )
     out = conv(torch.ones(1, 1, 8, 8))
     assert out.shape == (1, 1, 4, 4)
     # TF: total pad 1, all of it bottom/right: the first window is inside, the last half out
@@ -209,8 +235,7 @@ def test_strided_same_conv_pads_like_tensorflow(spec_of):
 
 
 def test_same_pools_ignore_the_padding(spec_of):
-    avg = _single(spec_of, "{type: avg_pool2d, pool_size: 3, stride: 2, padding: same}",
-                  [2, 7, 7])
+    avg = _single(spec_of, "{type: avg_pool2d, pool_size: 3, stride: 2, padding: same}", [2, 7, 7])
     out = avg(torch.ones(1, 2, 7, 7))
     assert out.shape == (1, 2, 4, 4) and torch.allclose(out, torch.ones_like(out))
     mx = _single(spec_of, "{type: max_pool2d, pool_size: 2, padding: same}", [2, 5, 5])
@@ -219,19 +244,28 @@ def test_same_pools_ignore_the_padding(spec_of):
 
 
 def test_residual_identity_adds_the_input(spec_of):
-    block = _single(spec_of, "{type: residual, layers: [{type: conv2d, filters: 4, "
-                    "kernel_size: 3, padding: same}]}", [4, 6, 6])
+    block = _single(
+        spec_of,
+        "{type: residual, layers: [{type: conv2d, filters: 4, kernel_size: 3, padding: same}]}",
+        [4, 6, 6],
+    )
     assert isinstance(block, ResidualBlock) and isinstance(block.shortcut, nn.Identity)
     x = torch.randn(2, 4, 6, 6)
     assert torch.allclose(block(x), block.branch(x) + x)
 
 
-@pytest.mark.parametrize(("shortcut", "filters", "stride", "proj_stride"),
-                         [("auto", 8, 2, (2, 2)), ("projection", 4, 1, (1, 1))])
+@pytest.mark.parametrize(
+    ("shortcut", "filters", "stride", "proj_stride"),
+    [("auto", 8, 2, (2, 2)), ("projection", 4, 1, (1, 1))],
+)
 def test_residual_projection(spec_of, shortcut, filters, stride, proj_stride):
-    block = _single(spec_of, f"{{type: residual, shortcut: {shortcut}, activation: relu, "
-                    f"layers: [{{type: conv2d, filters: {filters}, kernel_size: 3, "
-                    f"stride: {stride}, padding: same}}]}}", [4, 6, 6])
+    block = _single(
+        spec_of,
+        f"{{type: residual, shortcut: {shortcut}, activation: relu, "
+        f"layers: [{{type: conv2d, filters: {filters}, kernel_size: 3, "
+        f"stride: {stride}, padding: same}}]}}",
+        [4, 6, 6],
+    )
     proj = block.shortcut.proj
     assert isinstance(proj, nn.Conv2d) and proj.kernel_size == (1, 1) and proj.bias is None
     assert proj.stride == proj_stride and proj.out_channels == filters
@@ -242,12 +276,17 @@ def test_residual_projection(spec_of, shortcut, filters, stride, proj_stride):
 
 
 def test_trainable_false_freezes_and_keeps_batch_norm_in_inference(spec_of):
-    model = build_model(spec_of("""
+    model = build_model(
+        spec_of(
+            """
         - {type: conv2d, filters: 4, kernel_size: 3, batch_norm: before, trainable: false}
         - {type: batch_norm, trainable: false}
         - {type: flatten}
         - {type: dense, units: 10}
-        """, [1, 28, 28]))
+        """,
+            [1, 28, 28],
+        )
+    )
     assert not any(p.requires_grad for p in model.conv2d_1.parameters())
     assert all(p.requires_grad for p in model.dense_1.parameters())
     model.train()

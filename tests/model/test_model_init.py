@@ -24,16 +24,25 @@ TOLERANCE = {"dense": 0.03, "conv": 0.06}
 PRESETS = {"he": (2.0, "fan_in"), "glorot": (1.0, "fan_avg"), "lecun": (1.0, "fan_in")}
 
 
-def kernel_of(spec_of, kind: str, kernel_init: str, bias_init: str | None = None,
-              extra: str = "") -> torch.nn.Module:
+def kernel_of(
+    spec_of, kind: str, kernel_init: str, bias_init: str | None = None, extra: str = ""
+) -> torch.nn.Module:
     bias = f", bias_init: {bias_init}" if bias_init else ""
     if kind == "dense":
-        spec = spec_of(f"- {{type: dense, units: {DENSE_OUT}, kernel_init: {kernel_init}{bias}}}",
-                       [DENSE_IN], check=False, extra=extra)
+        spec = spec_of(
+            f"- {{type: dense, units: {DENSE_OUT}, kernel_init: {kernel_init}{bias}}}",
+            [DENSE_IN],
+            check=False,
+            extra=extra,
+        )
     else:
-        spec = spec_of(f"- {{type: conv2d, filters: {CONV_OUT}, kernel_size: 3, "
-                       f"kernel_init: {kernel_init}{bias}}}", [CONV_IN, 8, 8], check=False,
-                       extra=extra)
+        spec = spec_of(
+            f"- {{type: conv2d, filters: {CONV_OUT}, kernel_size: 3, "
+            f"kernel_init: {kernel_init}{bias}}}",
+            [CONV_IN, 8, 8],
+            check=False,
+            extra=extra,
+        )
     return build_model(spec)[0].core
 
 
@@ -86,8 +95,9 @@ def test_orthogonal_gain(spec_of):
 
 def test_biases_zero_by_default_and_settable(spec_of):
     assert torch.all(kernel_of(spec_of, "dense", "he_normal").bias == 0)
-    assert torch.all(kernel_of(spec_of, "conv", "he_normal", "{type: constant, value: 0.5}")
-                     .bias == 0.5)
+    assert torch.all(
+        kernel_of(spec_of, "conv", "he_normal", "{type: constant, value: 0.5}").bias == 0.5
+    )
     b = kernel_of(spec_of, "dense", "he_normal", "{type: uniform, low: 1.0, high: 2.0}").bias
     assert b.min() >= 1.0 and b.max() <= 2.0 and b.std() > 0.1
 
@@ -116,7 +126,8 @@ def test_precedence_layer_then_kind_defaults_then_spec(spec_of):
         - {type: conv2d, filters: 4, kernel_size: 1}
         - {type: conv2d, filters: 4, kernel_size: 1, kernel_init: ones}
         """,
-        [3, 4, 4], check=False,
+        [3, 4, 4],
+        check=False,
         extra="init: {kernel: {type: constant, value: 0.5}, bias: ones}",
         defaults="{conv2d: {kernel_init: {type: constant, value: -1.0}}}",
     )
@@ -129,7 +140,9 @@ def test_precedence_layer_then_kind_defaults_then_spec(spec_of):
         - {type: dense, units: 250}
         - {type: dense, units: 250, kernel_init: {type: constant, value: 0.25}}
         """,
-        [1000], check=False, extra="init: {kernel: {type: constant, value: 0.5}}",
+        [1000],
+        check=False,
+        extra="init: {kernel: {type: constant, value: 0.5}}",
     )
     model = build_model(spec)
     assert torch.all(model.dense_1.core.weight == 0.5)  # init.kernel

@@ -42,8 +42,7 @@ def test_fashion_batchnorm_mlp_counts_moving_stats_as_non_trainable(spec_of):
     assert frozen == 2_368
 
 
-@pytest.mark.parametrize(("layers", "total"), [(LEAKY_MLP, 911), (PRELU_MLP, 961),
-                                              (SELU_MLP, 911)])
+@pytest.mark.parametrize(("layers", "total"), [(LEAKY_MLP, 911), (PRELU_MLP, 961), (SELU_MLP, 911)])
 def test_small_mlps(spec_of, layers, total):
     model = build_model(spec_of(layers, [8], check=False))
     assert sum(p.numel() for p in model.parameters()) == total

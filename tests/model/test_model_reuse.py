@@ -51,8 +51,9 @@ def write_b(tmp_path, reuse: str):
 
 
 def test_reuse_loads_the_checkpoint_and_freezes(tmp_path, trained_a):
-    spec = write_b(tmp_path, "{type: reuse, spec: a.yaml, drop_last: 1, checkpoint: ckpt.pt, "
-                             "trainable: false}")
+    spec = write_b(
+        tmp_path, "{type: reuse, spec: a.yaml, drop_last: 1, checkpoint: ckpt.pt, trainable: false}"
+    )
     model = build_model(spec)
     reused = model.reuse_1
     assert list(reused._modules) == ["conv2d_1", "max_pool2d_1", "flatten_1"]

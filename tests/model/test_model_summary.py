@@ -17,8 +17,7 @@ def test_mnist_convnet_table(spec_of):
     lines = text.splitlines()
     assert lines[2].split() == ["Layer", "(type)", "Output", "Shape", "Param", "#", "MACs"]
     conv = next(line for line in lines if line.startswith(" conv2d_1 "))
-    assert conv.split() == ["conv2d_1", "(Conv2D)", "(None,", "32,", "26,", "26)", "320",
-                            "194,688"]
+    assert conv.split() == ["conv2d_1", "(Conv2D)", "(None,", "32,", "26,", "26)", "320", "194,688"]
     dense = next(line for line in lines if line.startswith(" dense_2 "))
     assert "(None, 10)" in dense and "650" in dense
     # conv: out_h*out_w*out_ch*in_ch*kh*kw; dense: in*out
@@ -41,14 +40,21 @@ def test_batch_norm_statistics_are_non_trainable(spec_of):
     assert "Non-trainable params: 2,368" in text
     assert "Trainable params: 268,978" in text
     bn = summary.rows[1]
-    assert (bn.name, bn.type, bn.trainable, bn.non_trainable) == ("batch_norm_1", "BatchNorm",
-                                                                  2 * 784, 2 * 784)
+    assert (bn.name, bn.type, bn.trainable, bn.non_trainable) == (
+        "batch_norm_1",
+        "BatchNorm",
+        2 * 784,
+        2 * 784,
+    )
 
 
 def test_frozen_layers_count_as_non_trainable(spec_of):
-    spec = spec_of(MNIST_CONVNET.replace("filters: 32, kernel_size: 3",
-                                         "filters: 32, kernel_size: 3, trainable: false"),
-                   [1, 28, 28])
+    spec = spec_of(
+        MNIST_CONVNET.replace(
+            "filters: 32, kernel_size: 3", "filters: 32, kernel_size: 3, trainable: false"
+        ),
+        [1, 28, 28],
+    )
     summary = summarize(build_model(spec, device="meta"), spec)
     assert summary.non_trainable_params == 320
     assert summary.rows[0].trainable == 0 and summary.rows[0].non_trainable == 320
@@ -56,13 +62,16 @@ def test_frozen_layers_count_as_non_trainable(spec_of):
 
 
 def test_residual_rows_expand(spec_of):
-    spec = spec_of("""
+    spec = spec_of(
+        """
         - {type: conv2d, filters: 8, kernel_size: 3, padding: same}
         - type: residual
           layers: [{type: conv2d, filters: 16, kernel_size: 3, stride: 2, padding: same}]
         - {type: global_avg_pool2d}
         - {type: dense, units: 10}
-        """, [1, 28, 28])
+        """,
+        [1, 28, 28],
+    )
     model = build_model(spec, device="meta")
     rows = {r.name: r for r in summarize(model, spec, expand=True).rows}
     assert rows["residual_1"].output_shape == (16, 14, 14)

@@ -60,13 +60,30 @@ def server(tmp_path: Path):
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PIPELINE_"))}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect"), DO_NOT_TRACK="1",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env.update(
+        PREFECT_HOME=str(tmp_path / "prefect"),
+        DO_NOT_TRACK="1",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    )
     log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
-         str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 90
         while not _healthy(url):
@@ -91,8 +108,10 @@ def test_deployment_runs_on_a_process_worker_and_writes_where_dvc_expects(
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    env = server | {"PIPELINE_DATA_MIRROR": str(mirror),
-                    "PIPELINE_DATA_CACHE": str(tmp_path / "cache")}
+    env = server | {
+        "PIPELINE_DATA_MIRROR": str(mirror),
+        "PIPELINE_DATA_CACHE": str(tmp_path / "cache"),
+    }
     prefect = [sys.executable, "-m", "prefect"]
     # two projects: one deployed by `pipeline deploy` (the flow from the installed package),
     # one by `prefect deploy` from the project's prefect.yaml (the flow from pipeline/flows.py)
@@ -100,30 +119,62 @@ def test_deployment_runs_on_a_process_worker_and_writes_where_dvc_expects(
     for name, root in projects.items():
         (root / "specs").mkdir(parents=True)
         (root / "specs" / "tiny.yaml").write_text(
-            CONVNET.format(name=f"deployed-{name}", per_class=200, epochs=2))
-    _run([sys.executable, "-m", "pipeline.cli", "deploy", "--dir", str(projects["cli"]),
-          "--name", "cli", "--pool", POOL], env | {"PIPELINE_ORCHESTRATION": "server"},
-         cwd=tmp_path)
+            CONVNET.format(name=f"deployed-{name}", per_class=200, epochs=2)
+        )
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "deploy",
+            "--dir",
+            str(projects["cli"]),
+            "--name",
+            "cli",
+            "--pool",
+            POOL,
+        ],
+        env | {"PIPELINE_ORCHESTRATION": "server"},
+        cwd=tmp_path,
+    )
     shutil.copy(REPO / "prefect.yaml", projects["local"] / "prefect.yaml")
     (projects["local"] / "pipeline").symlink_to(REPO / "pipeline")
     _run([*prefect, "--no-prompt", "deploy", "--all"], env, cwd=projects["local"])
 
     ids = {}
     for name in projects:
-        out = _run([*prefect, "deployment", "run", f"experiment/{name}", "--param",
-                    "spec=specs/tiny.yaml", "--param", 'overrides=["train.epochs=1"]'],
-                   env, cwd=tmp_path)
+        out = _run(
+            [
+                *prefect,
+                "deployment",
+                "run",
+                f"experiment/{name}",
+                "--param",
+                "spec=specs/tiny.yaml",
+                "--param",
+                'overrides=["train.epochs=1"]',
+            ],
+            env,
+            cwd=tmp_path,
+        )
         ids[name] = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
 
     # the worker starts elsewhere: only the deployments' pull steps put the runs in the projects
     worker_log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed in finally
     worker = subprocess.Popen(
-        [*prefect, "worker", "start", "--pool", POOL], cwd=tmp_path, stdout=worker_log,
-        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        env=env | {"PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1"})
+        [*prefect, "worker", "start", "--pool", POOL],
+        cwd=tmp_path,
+        stdout=worker_log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env | {"PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1"},
+    )
     try:
-        with temporary_settings(updates={PREFECT_API_URL: server["PREFECT_API_URL"]}), \
-                get_client(sync_client=True) as client:
+        with (
+            temporary_settings(updates={PREFECT_API_URL: server["PREFECT_API_URL"]}),
+            get_client(sync_client=True) as client,
+        ):
             deadline = time.monotonic() + 240
             while True:
                 runs = {n: client.read_flow_run(i) for n, i in ids.items()}
@@ -140,16 +191,19 @@ def test_deployment_runs_on_a_process_worker_and_writes_where_dvc_expects(
     log = (tmp_path / "worker.log").read_text()
     for name, root in projects.items():
         assert runs[name].state.is_completed(), f"{runs[name].state}\n{log[-3000:]}"
-        assert runs[name].parameters == {"spec": "specs/tiny.yaml",
-                                         "overrides": ["train.epochs=1"]}
+        assert runs[name].parameters == {"spec": "specs/tiny.yaml", "overrides": ["train.epochs=1"]}
         metrics = json.loads((root / "runs" / f"deployed-{name}" / "metrics.json").read_text())
         assert metrics["test_accuracy"] > 0.8
         history = (root / "runs" / f"deployed-{name}" / "history.csv").read_text().splitlines()
         assert len(history) == 2  # the override (1 epoch, the spec says 2) reached the run
         step = deployments[name].pull_steps[0]["prefect.deployments.steps.set_working_directory"]
         assert Path(step["directory"]).resolve() == root.resolve()
-        assert any(a.flow_run_id == runs[name].id and a.type == "markdown"
-                   and "test_accuracy" in a.data and "Total params" in a.data
-                   for a in artifacts)
+        assert any(
+            a.flow_run_id == runs[name].id
+            and a.type == "markdown"
+            and "test_accuracy" in a.data
+            and "Total params" in a.data
+            for a in artifacts
+        )
     assert deployments["local"].entrypoint == "pipeline/flows.py:experiment_flow"
     assert deployments["cli"].entrypoint == "pipeline.flows.experiment_flow"

@@ -233,8 +233,9 @@ def test_a_local_remote_pushes_and_a_clone_pulls_the_same_data_and_checkpoints(r
     assert "Data and pipelines are up to date" in repo.run("dvc", "status", cwd=clone).stdout
     again = repo.run("dvc", "repro", "--single-item", "--force", "evaluate@tiny", cwd=clone)
     assert ran(again.stdout) == {"evaluate"}, again.stdout
-    metrics = [json.loads((r / "runs" / "tiny" / "metrics.json").read_text())
-               for r in (repo.root, clone)]
+    metrics = [
+        json.loads((r / "runs" / "tiny" / "metrics.json").read_text()) for r in (repo.root, clone)
+    ]
     assert metrics[0]["test_accuracy"] == metrics[1]["test_accuracy"]
 
 

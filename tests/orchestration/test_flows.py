@@ -69,8 +69,9 @@ def test_a_bad_override_fails_the_flow_with_the_located_error(prefect_server, tm
         prepare_flow(str(spec_file), ["trian.epochs=1"])
 
 
-def test_an_inline_spec_is_validated_by_the_same_loader(prefect_server, tmp_path: Path, mirror,
-                                                        monkeypatch):
+def test_an_inline_spec_is_validated_by_the_same_loader(
+    prefect_server, tmp_path: Path, mirror, monkeypatch
+):
     import yaml
 
     from pipeline.flows import prepare_flow
@@ -122,8 +123,9 @@ def test_prepare_is_cached_on_the_data_section_and_force_refreshes(
     assert states()[0] == "Completed"
 
 
-def test_a_missing_data_file_fails_at_once_without_retries(prefect_server, tmp_path: Path,
-                                                          monkeypatch):
+def test_a_missing_data_file_fails_at_once_without_retries(
+    prefect_server, tmp_path: Path, monkeypatch
+):
     import time
 
     from pipeline.data.sources import DataError

@@ -18,19 +18,35 @@ from tests.train.test_loop import CONVNET
 
 def _env(tmp_path: Path, mirror: Path, **extra: str) -> dict[str, str]:
     # nothing of the user's Prefect set-up (a PREFECT_API_URL, a profile) reaches these processes
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("PREFECT_") and k != orchestrate.MODE_ENV}
-    env.update(PIPELINE_HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "client"),
-               PIPELINE_DATA_MIRROR=str(mirror), PIPELINE_DATA_CACHE=str(tmp_path / "cache"),
-               DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false", **extra)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PREFECT_") and k != orchestrate.MODE_ENV
+    }
+    env.update(
+        PIPELINE_HOME=str(tmp_path / "home"),
+        PREFECT_HOME=str(tmp_path / "client"),
+        PIPELINE_DATA_MIRROR=str(mirror),
+        PIPELINE_DATA_CACHE=str(tmp_path / "cache"),
+        DO_NOT_TRACK="1",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        **extra,
+    )
     return env
 
 
-def _pipeline(*args: str, env: dict[str, str], cwd: Path, timeout: float = 180
-              ) -> tuple[subprocess.CompletedProcess[str], float]:
+def _pipeline(
+    *args: str, env: dict[str, str], cwd: Path, timeout: float = 180
+) -> tuple[subprocess.CompletedProcess[str], float]:
     began = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return done, time.monotonic() - began
 
 
@@ -53,15 +69,22 @@ def project(tmp_path: Path, mirror: Path, monkeypatch: pytest.MonkeyPatch):
 
 def test_off_mode_runs_the_library_functions_without_importing_prefect(project, tmp_path, mirror):
     # the DVC stages' form: prepare into a folder, train and evaluate on it
-    code = ("import sys\nfrom pipeline.cli import main\n"
-            "codes = [main(['prepare', 'specs/tiny.yaml', '--out', 'data/prepared/tiny'])]\n"
-            "codes += [main([c, 'specs/tiny.yaml', '--data', 'data/prepared/tiny'])\n"
-            "          for c in ('train', 'evaluate')]\n"
-            "assert codes == [0, 0, 0], codes\n"
-            "assert not [m for m in sys.modules if m.startswith('prefect')], 'prefect imported'\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True,
-                          text=True, timeout=180,
-                          env=_env(tmp_path, mirror, PIPELINE_ORCHESTRATION="off"))
+    code = (
+        "import sys\nfrom pipeline.cli import main\n"
+        "codes = [main(['prepare', 'specs/tiny.yaml', '--out', 'data/prepared/tiny'])]\n"
+        "codes += [main([c, 'specs/tiny.yaml', '--data', 'data/prepared/tiny'])\n"
+        "          for c in ('train', 'evaluate')]\n"
+        "assert codes == [0, 0, 0], codes\n"
+        "assert not [m for m in sys.modules if m.startswith('prefect')], 'prefect imported'\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=_env(tmp_path, mirror, PIPELINE_ORCHESTRATION="off"),
+    )
     assert done.returncode == 0, done.stderr
     assert "trained 1 epochs; best epoch 1; outputs in runs/tiny" in done.stdout
     assert "test_accuracy" in done.stdout
@@ -69,9 +92,16 @@ def test_off_mode_runs_the_library_functions_without_importing_prefect(project, 
     assert sorted(p.name for p in (project / "data" / "prepared").iterdir()) == ["tiny"]
     assert not (tmp_path / "home" / "prefect-server.json").exists()
     # a folder prepared for another data section is refused, in one line
-    other, _ = _pipeline("train", "specs/tiny.yaml", "--data", "data/prepared/tiny",
-                         "-S", "data.subset.train_per_class=30", cwd=project,
-                         env=_env(tmp_path, mirror, PIPELINE_ORCHESTRATION="off"))
+    other, _ = _pipeline(
+        "train",
+        "specs/tiny.yaml",
+        "--data",
+        "data/prepared/tiny",
+        "-S",
+        "data.subset.train_per_class=30",
+        cwd=project,
+        env=_env(tmp_path, mirror, PIPELINE_ORCHESTRATION="off"),
+    )
     assert other.returncode == 1 and "Traceback" not in other.stderr
     assert "data/prepared/tiny holds data prepared for another data section" in other.stderr
 
@@ -88,8 +118,14 @@ def test_one_server_is_started_reused_by_the_next_stage_and_stopped(project, tmp
     # the next stage (here with an unreachable PREFECT_API_URL, which auto mode passes over)
     # finds the running server: no start-up to pay
     unreachable = f"http://127.0.0.1:{orchestrate._free_port()}/api"
-    second, second_s = _pipeline("prepare", "specs/tiny.yaml", "--out", "data/prepared/tiny",
-                                 cwd=project, env=env | {"PREFECT_API_URL": unreachable})
+    second, second_s = _pipeline(
+        "prepare",
+        "specs/tiny.yaml",
+        "--out",
+        "data/prepared/tiny",
+        cwd=project,
+        env=env | {"PREFECT_API_URL": unreachable},
+    )
     assert second.returncode == 0, second.stderr
     assert "started a local Prefect server" not in second.stderr
     assert f"{unreachable} (PREFECT_API_URL) does not answer" in second.stderr
@@ -101,8 +137,10 @@ def test_one_server_is_started_reused_by_the_next_stage_and_stopped(project, tmp
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with temporary_settings(updates={PREFECT_API_URL: state["url"]}), \
-            get_client(sync_client=True) as client:
+    with (
+        temporary_settings(updates={PREFECT_API_URL: state["url"]}),
+        get_client(sync_client=True) as client,
+    ):
         runs = client.read_flow_runs()
         flows = {client.read_flow(r.flow_id).name for r in runs}
     assert flows == {"prepare"}
@@ -114,9 +152,14 @@ def test_one_server_is_started_reused_by_the_next_stage_and_stopped(project, tmp
     # an error a user can act on, inside a flow run: one line and exit 1, as without Prefect
     (tmp_path / "empty").mkdir()
     (project / "specs" / "other.yaml").write_text(
-        CONVNET.format(name="other", per_class=21, epochs=1))
-    failed, _ = _pipeline("prepare", "specs/other.yaml", cwd=project,
-                          env=env | {"PIPELINE_DATA_MIRROR": str(tmp_path / "empty")})
+        CONVNET.format(name="other", per_class=21, epochs=1)
+    )
+    failed, _ = _pipeline(
+        "prepare",
+        "specs/other.yaml",
+        cwd=project,
+        env=env | {"PIPELINE_DATA_MIRROR": str(tmp_path / "empty")},
+    )
     assert failed.returncode == 1
     assert "Traceback" not in failed.stderr
     assert failed.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'empty'}")
@@ -126,9 +169,16 @@ def test_one_server_is_started_reused_by_the_next_stage_and_stopped(project, tmp
     assert f"stopped {state['url']}" in stopped.stdout
     assert not orchestrate.pid_alive(state["pid"])
     assert not (tmp_path / "home" / "prefect-server.json").exists()
-    starts = [subprocess.Popen([sys.executable, "-m", "pipeline.cli", "server", "start"],
-                               env=env, cwd=project, stdout=subprocess.PIPE, text=True)
-              for _ in range(2)]
+    starts = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "server", "start"],
+            env=env,
+            cwd=project,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outputs = sorted(p.communicate(timeout=120)[0] for p in starts)
     assert [o.split(":")[0] for o in outputs] == ["already running", "started"], outputs
     assert len({o.split(": ")[1].split()[0] for o in outputs}) == 1  # the same URL
@@ -149,15 +199,20 @@ def test_errors_before_any_flow_run(project, tmp_path, mirror):
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "home" / "prefect-server.json").exists()  # no server, no flow run
 
-    done, _ = _pipeline("prepare", "specs/tiny.yaml", cwd=project,
-                        env=env | {"PIPELINE_ORCHESTRATION": "bogus"})
+    done, _ = _pipeline(
+        "prepare", "specs/tiny.yaml", cwd=project, env=env | {"PIPELINE_ORCHESTRATION": "bogus"}
+    )
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "'bogus' is not one of auto, server, ephemeral, off" in done.stderr
 
     unreachable = f"http://127.0.0.1:{orchestrate._free_port()}/api"
-    done, _ = _pipeline("prepare", "specs/tiny.yaml", cwd=project,
-                        env=env | {"PIPELINE_ORCHESTRATION": "server",
-                                   "PREFECT_API_URL": unreachable})
+    done, _ = _pipeline(
+        "prepare",
+        "specs/tiny.yaml",
+        cwd=project,
+        env=env | {"PIPELINE_ORCHESTRATION": "server", "PREFECT_API_URL": unreachable},
+    )
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip() == (
-        f"error: the Prefect server at {unreachable} (PREFECT_API_URL) does not answer")
+        f"error: the Prefect server at {unreachable} (PREFECT_API_URL) does not answer"
+    )

@@ -112,7 +112,8 @@ def test_folder_fields_on_a_builtin_dataset_are_errors(problems):
 
 
 def test_explicit_normalization_needs_one_value_per_channel(problems):
-    text = BASE.replace("validation:", "normalize: {mean: [0.1, 0.2], std: [0.3, 0.3]}, "
-                        "validation:")
+    text = BASE.replace(
+        "validation:", "normalize: {mean: [0.1, 0.2], std: [0.3, 0.3]}, validation:"
+    )
     p = one(problems(text))
     assert "one mean and one std per channel (1)" in p.message

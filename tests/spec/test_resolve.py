@@ -105,7 +105,8 @@ def test_unknown_key_in_defaults_is_located_once(problems):
     errors = [p for p in problems(text) if p.severity == "error"]
     # one mistake, reported once (not again for the dense layer it reaches), where it is written
     assert [(p.path, p.mark.line, p.mark.column) for p in errors] == [
-        (("model", "defaults", "dense", "kernal_init"), 5, 13)]
+        (("model", "defaults", "dense", "kernal_init"), 5, 13)
+    ]
     assert errors[0].hint == "did you mean 'kernel_init'?"
 
 
@@ -131,8 +132,14 @@ model:
 def test_parameterised_blocks_substitute_typed_values_per_use(write):
     spec = load_spec(write(PARAM_BLOCK))
     layers = spec.model.layers
-    assert [layer.type for layer in layers[:6]] == ["conv2d", "max_pool2d", "relu",
-                                                    "conv2d", "max_pool2d", "gelu"]
+    assert [layer.type for layer in layers[:6]] == [
+        "conv2d",
+        "max_pool2d",
+        "relu",
+        "conv2d",
+        "max_pool2d",
+        "gelu",
+    ]
     assert (layers[0].filters, layers[3].filters) == (8, 16)  # ints, not the text "16"
     assert spec.model.layer_names()[:3] == ["g1_conv", "max_pool2d_1", "g1_relu_out"]
 
@@ -140,12 +147,27 @@ def test_parameterised_blocks_substitute_typed_values_per_use(write):
 @pytest.mark.parametrize(
     ("old", "new", "message", "hint", "line"),
     [
-        ("params: {width: 16, act: gelu}", "params: {widht: 16}",
-         "block 'group' has no parameter 'widht'", "did you mean 'width'?", 13),
-        ("filters: $width", "filters: $witdh",
-         "block 'group' has no parameter 'witdh'", "did you mean 'width'?", 8),
-        ("params: {width: 8, act: relu}", "params: {width: null, act: relu}",
-         "needs a value for its parameter 'width'", None, 12),
+        (
+            "params: {width: 16, act: gelu}",
+            "params: {widht: 16}",
+            "block 'group' has no parameter 'widht'",
+            "did you mean 'width'?",
+            13,
+        ),
+        (
+            "filters: $width",
+            "filters: $witdh",
+            "block 'group' has no parameter 'witdh'",
+            "did you mean 'width'?",
+            8,
+        ),
+        (
+            "params: {width: 8, act: relu}",
+            "params: {width: null, act: relu}",
+            "needs a value for its parameter 'width'",
+            None,
+            12,
+        ),
     ],
 )
 def test_parameterised_block_mistakes_are_located(problems, old, new, message, hint, line):

@@ -52,12 +52,14 @@ def test_lr_find_sweeps_up_stops_on_divergence_and_suggests(workdir):
 
 
 def test_schedule_preview_spans_phases(workdir):
-    spec = load_spec_text(MLP.format(act="relu", init="he_normal", hidden="")
-                          + "schedule: {type: exponential, decay_steps: 10, interval: step}\n",
-                          ["train.phases=[{epochs: 1}, {epochs: 1, lr: 0.001}]"])
+    spec = load_spec_text(
+        MLP.format(act="relu", init="he_normal", hidden="")
+        + "schedule: {type: exponential, decay_steps: 10, interval: step}\n",
+        ["train.phases=[{epochs: 1}, {epochs: 1, lr: 0.001}]"],
+    )
     rows = schedule_preview(spec, workdir / "s", steps_per_epoch=5)
     assert [r["epoch"] for r in rows] == [0] * 5 + [1] * 5
-    assert rows[4]["lr"] == pytest.approx(0.01 * 0.1 ** 0.4)
+    assert rows[4]["lr"] == pytest.approx(0.01 * 0.1**0.4)
     assert rows[5]["lr"] == pytest.approx(0.001)
 
 
@@ -83,8 +85,9 @@ def test_cli_train_then_resume_and_user_errors_without_traceback(workdir):
     spec.write_text(MLP.format(act="relu", init="he_normal", hidden="    - {type: dense}\n"))
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True,
-                              text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=300
+        )
 
     first = run("train", str(spec), "-S", "train.epochs=1")
     assert first.returncode == 0, first.stderr

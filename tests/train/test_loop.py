@@ -69,8 +69,9 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(workdir):
     train(spec(name="resumed", per_class=200, epochs=1), log=quiet)
     resumed = train(spec(name="resumed", per_class=200, epochs=2), resume=True, log=quiet)
     assert len(resumed.history) == 2
-    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(),
-                         strict=True):
+    for (k, a), b in zip(
+        full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b), k
     assert resumed.history[-1]["loss"] == full.history[-1]["loss"]
 
@@ -78,13 +79,18 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(workdir):
 def test_resume_with_another_architecture_is_a_clear_error(workdir):
     train(spec(per_class=50), log=quiet)
     with pytest.raises(ckpt.CheckpointError, match="another architecture"):
-        train(spec(per_class=50, overrides=["model.layers[0].filters=8"]), resume=True,
-              log=quiet)
+        train(spec(per_class=50, overrides=["model.layers[0].filters=8"]), resume=True, log=quiet)
 
 
 def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(workdir):
-    s = spec(per_class=100, epochs=3, overrides=[
-        "optimizer={type: sgd, lr: 0.01}", "schedule={type: step, step_size: 1, gamma: 1e12}"])
+    s = spec(
+        per_class=100,
+        epochs=3,
+        overrides=[
+            "optimizer={type: sgd, lr: 0.01}",
+            "schedule={type: step, step_size: 1, gamma: 1e12}",
+        ],
+    )
     with pytest.raises(TrainingDiverged, match=r"NaN/inf at epoch 2, step \d+") as err:
         train(s, log=quiet)
     assert "last good checkpoint" in str(err.value)
@@ -94,8 +100,11 @@ def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(work
 
 
 def test_early_stopping_restores_the_best_epoch(workdir):
-    s = spec(per_class=100, epochs=6, overrides=[
-        "train.early_stopping={monitor: val_loss, patience: 1, min_delta: 100}"])
+    s = spec(
+        per_class=100,
+        epochs=6,
+        overrides=["train.early_stopping={monitor: val_loss, patience: 1, min_delta: 100}"],
+    )
     result = train(s, log=quiet)
     assert len(result.history) == 3 and "early stopping" in result.stopped
     best = ckpt.load(workdir / "runs" / "t" / "checkpoints" / "best.pt")
@@ -116,10 +125,14 @@ def test_frozen_layers_stay_bit_identical_while_the_head_learns(workdir):
 
 
 def test_phases_unfreeze_with_their_own_learning_rate(workdir):
-    s = spec(per_class=100, overrides=[
-        "model.layers[0].trainable=false",
-        "train.phases=[{name: head, epochs: 1}, "
-        "{name: all, epochs: 1, unfreeze: ['*'], lr: 1e-4}]"])
+    s = spec(
+        per_class=100,
+        overrides=[
+            "model.layers[0].trainable=false",
+            "train.phases=[{name: head, epochs: 1}, "
+            "{name: all, epochs: 1, unfreeze: ['*'], lr: 1e-4}]",
+        ],
+    )
     from pipeline.model.build import build_model
 
     before = build_model(s).state_dict()["conv2d_1.conv.weight"]
@@ -130,8 +143,10 @@ def test_phases_unfreeze_with_their_own_learning_rate(workdir):
 
 
 def test_regularization_is_reported_and_max_norm_holds(workdir):
-    s = spec(per_class=100, overrides=[
-        "model.layers[6].regularizer={l2: 0.001}", "model.layers[6].max_norm=0.5"])
+    s = spec(
+        per_class=100,
+        overrides=["model.layers[6].regularizer={l2: 0.001}", "model.layers[6].max_norm=0.5"],
+    )
     result = train(s, log=quiet)
     assert result.history[0]["reg_loss"] > 0
     w = result.model.state_dict()["dense_1.dense.weight"]
@@ -144,15 +159,27 @@ def test_task_b_reuses_task_a(workdir):
         (workdir / f"{name}.yaml").write_text((specs / f"{name}.yaml").read_text())
     from pipeline.spec import load_spec
 
-    a = load_spec(workdir / "fashion_task_a.yaml",
-                  ["data.subset={train_per_class: 200, test_per_class: 20}", "train.epochs=1",
-                   "optimizer.lr=0.05"])
+    a = load_spec(
+        workdir / "fashion_task_a.yaml",
+        [
+            "data.subset={train_per_class: 200, test_per_class: 20}",
+            "train.epochs=1",
+            "optimizer.lr=0.05",
+        ],
+    )
     train(a, log=quiet)
-    b = load_spec(workdir / "fashion_task_b_on_a.yaml",
-                  ["optimizer.lr=0.05", "train.phases[0].epochs=2", "train.phases[1].epochs=1",
-                   "train.phases[1].lr=0.01"])
-    a_weights = torch.load(workdir / "runs" / "fashion_task_a" / "checkpoints" / "best.pt",
-                           weights_only=True)["model"]
+    b = load_spec(
+        workdir / "fashion_task_b_on_a.yaml",
+        [
+            "optimizer.lr=0.05",
+            "train.phases[0].epochs=2",
+            "train.phases[1].epochs=1",
+            "train.phases[1].lr=0.01",
+        ],
+    )
+    a_weights = torch.load(
+        workdir / "runs" / "fashion_task_a" / "checkpoints" / "best.pt", weights_only=True
+    )["model"]
     from pipeline.model.build import build_model
 
     start = build_model(b).state_dict()
@@ -164,8 +191,12 @@ def test_task_b_reuses_task_a(workdir):
 
 
 def test_offline_augmentation_is_generated_once_and_stored(workdir):
-    s = spec(per_class=50, overrides=[
-        "augment={mode: offline, factor: 2, transforms: [{type: rotation, degrees: 10}]}"])
+    s = spec(
+        per_class=50,
+        overrides=[
+            "augment={mode: offline, factor: 2, transforms: [{type: rotation, degrees: 10}]}"
+        ],
+    )
     messages: list[str] = []
     first = train(s, log=messages.append)
     assert any("offline augmentation: 2 augmented copies" in m for m in messages)
@@ -175,7 +206,7 @@ def test_offline_augmentation_is_generated_once_and_stored(workdir):
 
     x = np.load(stored[0])
     n = len(x) // 3
-    assert len(x) == 3 * n and not np.array_equal(x[:n], x[n: 2 * n])
+    assert len(x) == 3 * n and not np.array_equal(x[:n], x[n : 2 * n])
     again: list[str] = []
     train(s, log=again.append)
     assert not any("offline augmentation" in m for m in again)
@@ -183,8 +214,7 @@ def test_offline_augmentation_is_generated_once_and_stored(workdir):
 
 
 def test_diagnostics_are_recorded_every_epoch(workdir):
-    result = train(spec(per_class=50, epochs=2, overrides=["train.diagnostics=true"]),
-                   log=quiet)
+    result = train(spec(per_class=50, epochs=2, overrides=["train.diagnostics=true"]), log=quiet)
     rows = (workdir / "runs" / "t" / "diagnostics.csv").read_text().splitlines()
     assert rows[0] == "epoch,layer,act_mean,act_std,dead_fraction,grad_norm"
     layers = len(result.model._modules)

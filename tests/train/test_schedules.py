@@ -18,8 +18,7 @@ def sched(**kw):
 
 
 def lrs(schedule, steps_per_epoch=1, epochs=10, opt=ADAM):
-    return [r["lr"] for r in planned(schedule, opt, steps_per_epoch=steps_per_epoch,
-                                     epochs=epochs)]
+    return [r["lr"] for r in planned(schedule, opt, steps_per_epoch=steps_per_epoch, epochs=epochs)]
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS.kinds))
@@ -66,8 +65,9 @@ def test_power_is_eta0_over_one_plus_t_over_s_to_c():
 
 
 def test_piecewise_constant_follows_keras_boundaries():
-    got = lrs(sched(type="piecewise_constant", boundaries=[5, 15], values=[0.01, 0.005, 0.001]),
-              1, 20)
+    got = lrs(
+        sched(type="piecewise_constant", boundaries=[5, 15], values=[0.01, 0.005, 0.001]), 1, 20
+    )
     assert got == pytest.approx([0.01] * 6 + [0.005] * 10 + [0.001] * 4)
 
 
@@ -100,9 +100,14 @@ def test_cosine_with_warmup():
 
 @pytest.mark.parametrize("name", sorted(SCHEDULES.kinds))
 def test_every_schedule_plans(name):
-    required = {"step": {"step_size": 2}, "multi_step": {"milestones": [2]},
-                "piecewise_constant": {"boundaries": [2], "values": [0.1, 0.01]},
-                "exponential": {"decay_steps": 2}, "power": {"decay_steps": 2},
-                "one_cycle": {"max_lr": 0.5}, "cyclic": {"base_lr": 0.01, "max_lr": 0.1}}
+    required = {
+        "step": {"step_size": 2},
+        "multi_step": {"milestones": [2]},
+        "piecewise_constant": {"boundaries": [2], "values": [0.1, 0.01]},
+        "exponential": {"decay_steps": 2},
+        "power": {"decay_steps": 2},
+        "one_cycle": {"max_lr": 0.5},
+        "cyclic": {"base_lr": 0.01, "max_lr": 0.1},
+    }
     got = lrs(sched(type=name, **required.get(name, {})), 3, 4)
     assert len(got) == 12 and all(v > 0 for v in got)

@@ -1,15 +1,81 @@
-"""Name -> builder tables: adding a kind is one decorated function, never another elif."""
+"""What each spec kind is built into: a table keyed by the kind's schema class.
+
+The spec package names every kind once, in its schema class (``type: Literal["conv2d"]``,
+registered in a ``pipeline.spec.base.Registry``). The torch side never repeats that name: a
+builder is registered for the schema class itself, and the table checks, when the module that
+fills it is imported, that every kind of the spec registry has a builder. A kind added to the
+schema without a builder fails at import, naming it, not in the middle of a run::
+
+    BUILDERS: Builders[Builder] = Builders(LAYERS, "layer")
+
+    @BUILDERS.register(Conv2d)
+    def _conv2d(layer: Conv2d, ctx: LayerContext) -> nn.Module: ...
+
+    BUILDERS.check_complete()  # at the end of the module(s) that register
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
 
-F = TypeVar("F", bound=Callable)
+from pipeline.spec.base import Kind
+from pipeline.spec.base import Registry as Kinds
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Builders(Generic[F]):
+    """Schema class of a kind -> the function that builds it."""
+
+    def __init__(self, kinds: Kinds, what: str) -> None:
+        self.kinds = kinds
+        self.what = what
+        self._table: dict[type[Kind], F] = {}
+
+    def register(self, *classes: type[Kind]) -> Callable[[F], F]:
+        """``@table.register(SchemaClass, ...)``: ``fn`` builds these kinds."""
+
+        def add(fn: F) -> F:
+            for cls in classes:
+                if cls not in self.kinds.kinds.values():
+                    raise TypeError(f"{cls.__name__} is not a registered {self.kinds.group} kind")
+                if cls in self._table:
+                    raise TypeError(f"{self.what} builder for {cls.__name__} is registered twice")
+                self._table[cls] = fn
+            return fn
+
+        return add
+
+    def __getitem__(self, kind: Kind | type[Kind]) -> F:
+        """The builder of a spec object (or its class)."""
+        cls = kind if isinstance(kind, type) else type(kind)
+        try:
+            return self._table[cls]
+        except KeyError:
+            raise TypeError(f"no {self.what} builder for {cls.__name__}") from None
+
+    def __contains__(self, kind: object) -> bool:
+        return (kind if isinstance(kind, type) else type(kind)) in self._table
+
+    def __iter__(self) -> Iterator[type[Kind]]:
+        return iter(self._table)
+
+    def missing(self) -> list[str]:
+        """The ``type`` names of spec kinds with no builder."""
+        return sorted(n for n, cls in self.kinds.kinds.items() if cls not in self._table)
+
+    def check_complete(self) -> None:
+        """Raise TypeError naming every spec kind that has no builder."""
+        if missing := self.missing():
+            raise TypeError(
+                f"no {self.what} builder for the spec's {self.kinds.group} kinds "
+                f"{', '.join(missing)}: register one with @{self.what.upper()}S.register(<class>)"
+            )
 
 
 class Registry(dict[str, F]):
-    """A dict of builders by spec name; ``@table.register("name", ...)`` adds one."""
+    """Deprecated: a name -> builder table (being replaced by :class:`Builders`)."""
 
     def __init__(self, what: str) -> None:
         super().__init__()

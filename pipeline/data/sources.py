@@ -7,12 +7,12 @@ publishes before anything reads them. Image folders are decoded with PIL.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline import atomic
+from pipeline.errors import PipelineError
 from pipeline.spec.base import pair
 from pipeline.spec.data import DATASETS, DataSection
 
@@ -35,7 +37,7 @@ ALPHA_BACKGROUND = (255, 255, 255)
 Resolve = Callable[[str], Path]
 
 
-class DataError(Exception):
+class DataError(PipelineError):
     """A data problem a user can fix (missing or corrupt file, unknown class, failed download);
     the message names the file or field and says what was expected."""
 
@@ -116,14 +118,8 @@ class _Stamps:
             return (st.st_size, st.st_mtime_ns) == (int(size), int(mtime))
 
         self.known = {k: v for k, v in self.known.items() if current(k)}
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".verified-")
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.known, f, indent=0, sort_keys=True)
-            os.replace(tmp, self.path)
-        except OSError:
-            pass  # a read-only cache only costs re-hashing next time
+        with contextlib.suppress(OSError):  # a read-only cache only costs re-hashing later
+            atomic.write_text(self.path, json.dumps(self.known, indent=0, sort_keys=True))
 
 
 def _md5(path: Path, opener: Callable[..., Any] = open) -> str:
@@ -166,7 +162,8 @@ def _download(fetch: Callable[[], Any], what: str, retries: int, backoff_s: floa
     raise DataError(
         f"downloading {what} failed after {retries} attempts ({reason}). Without internet, use a "
         f"local copy: set {MIRROR_ENV}=/path/to/datasets (or data.mirror in the spec) to a folder "
-        f"laid out like torchvision's root, e.g. <mirror>/MNIST/raw/train-images-idx3-ubyte.gz"
+        f"laid out like torchvision's root, e.g. <mirror>/MNIST/raw/train-images-idx3-ubyte.gz",
+        retryable=True,  # the network may come back
     )
 
 
@@ -268,11 +265,8 @@ class _Builtin:
             target = out / gz.relative_to(root).with_suffix("")
             if target.is_file() and stamps.digest(target) == stamps.digest(gz, "gunzip-md5"):
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".extract-")
-            with os.fdopen(fd, "wb") as dst, gzip.open(gz, "rb") as src:
+            with atomic.replacing(target) as tmp, tmp.open("wb") as dst, gzip.open(gz) as src:
                 shutil.copyfileobj(src, dst, 1 << 22)
-            os.replace(tmp, target)
         return out
 
     def _load(self, root: Path, *, train: bool) -> tuple[torch.Tensor, torch.Tensor]:

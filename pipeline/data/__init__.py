@@ -20,7 +20,8 @@ from pipeline.data.prepare import (
     prepared_dir,
     report,
 )
-from pipeline.data.sources import DataError, RawData, cache_dir, dataset_root, read_source
+from pipeline.data.raw import DataError, RawData, cache_dir, dataset_root
+from pipeline.data.sources import read_source
 
 __all__ = [
     "BatchLoader",

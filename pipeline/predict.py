@@ -37,7 +37,7 @@ def load_image(path: str | Path, meta: dict[str, Any]) -> np.ndarray:
     resized as prepare does for the model's data source. Raises OSError/ValueError on a bad
     file (what PIL raises)."""
     from pipeline.data import select as sel
-    from pipeline.data.sources import _decode
+    from pipeline.data.folders import decode as _decode
 
     c, h, w = meta["image_shape"]
     mode = "L" if c == 1 else "RGB"

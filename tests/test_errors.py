@@ -98,12 +98,13 @@ def test_every_user_error_class_derives_from_the_one_base():
 
 
 def test_only_a_failed_download_is_retryable():
-    from pipeline.data import sources
+    from pipeline.data.builtin import download
+    from pipeline.data.sources import DataError
 
     def offline() -> None:
         raise OSError("network is unreachable")
 
-    with pytest.raises(sources.DataError) as failed:
-        sources._download(offline, "MNIST", retries=2, backoff_s=0)
+    with pytest.raises(DataError) as failed:
+        download(offline, "MNIST", retries=2, backoff_s=0)
     assert failed.value.retryable
-    assert not sources.DataError("no such class 'cat'").retryable
+    assert not DataError("no such class 'cat'").retryable

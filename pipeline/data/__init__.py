@@ -5,6 +5,12 @@ Public API::
     from pipeline.data import prepare, load_prepared, report, BatchLoader, DataError
     prepared = prepare(spec)                       # data/prepared/<dataset>-<hash>/, atomic
     train = BatchLoader.from_prepared(prepared, "train", 64, shuffle=True, seed=spec.seed)
+
+Modules: ``sources`` (``read_source``, over ``builtin``: torchvision datasets, checked by
+``verify``; and ``folders``: image folders), ``raw`` (``RawData``, ``DataError``, mirror and
+cache), ``select`` and ``prepare`` (the prepare stage), ``loader`` (batches), ``augment`` (a
+package: batched augmentation), ``preview``. Adding a torchvision dataset of a known family is one
+entry of ``pipeline.spec.data.DATASETS``.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from pipeline.data.prepare import (
     prepared_dir,
     report,
 )
-from pipeline.data.sources import DataError, RawData, cache_dir, dataset_root, read_source
+from pipeline.data.raw import DataError, RawData, cache_dir, dataset_root
+from pipeline.data.sources import read_source
 
 __all__ = [
     "BatchLoader",

@@ -23,7 +23,9 @@ import numpy as np
 import torch
 
 from pipeline.data import select as sel
-from pipeline.data.sources import DataError, RawData, folder_fingerprint, read_source
+from pipeline.data.folders import folder_fingerprint
+from pipeline.data.raw import DataError, RawData
+from pipeline.data.sources import read_source
 from pipeline.proc import pid_alive
 from pipeline.spec.base import pair
 

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.data.sources import DataError
+from pipeline.data.raw import DataError
 from pipeline.spec.data import ClassSelection, DataSection, ExplicitNormalization, class_key
 from pipeline.spec.errors import did_you_mean
 

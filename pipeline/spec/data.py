@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 from pydantic import Field, PositiveFloat, field_validator, model_validator
 
@@ -38,12 +38,24 @@ CIFAR100_CLASSES = [
     "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
 ]  # fmt: skip
 
-# dataset -> (channels, height, width, class names); image_folder learns these in prepare.
-DATASETS: dict[str, tuple[int, int, int, list[str]]] = {
-    "mnist": (1, 28, 28, [str(d) for d in range(10)]),
-    "fashion_mnist": (1, 28, 28, FASHION_CLASSES),
-    "cifar10": (3, 32, 32, CIFAR10_CLASSES),
-    "cifar100": (3, 32, 32, CIFAR100_CLASSES),
+
+class BuiltinDataset(NamedTuple):
+    """A built-in dataset: its shape and classes, known before reading, and who reads it."""
+
+    channels: int
+    height: int
+    width: int
+    classes: list[str]
+    torchvision: str  # the class of torchvision.datasets that reads it (pipeline.data.builtin)
+
+
+# The one table of built-in datasets: the schema's ``dataset`` choices (with image_folder, which
+# learns shape and classes in prepare), their input shapes and class names, and their readers.
+DATASETS: dict[str, BuiltinDataset] = {
+    "mnist": BuiltinDataset(1, 28, 28, [str(d) for d in range(10)], "MNIST"),
+    "fashion_mnist": BuiltinDataset(1, 28, 28, FASHION_CLASSES, "FashionMNIST"),
+    "cifar10": BuiltinDataset(3, 32, 32, CIFAR10_CLASSES, "CIFAR10"),
+    "cifar100": BuiltinDataset(3, 32, 32, CIFAR100_CLASSES, "CIFAR100"),
 }
 
 
@@ -102,7 +114,7 @@ class ExplicitNormalization(SpecModel):
 class DataSection(SpecModel):
     """Where the images come from and how they are prepared (the prepare stage reads only this)."""
 
-    dataset: Literal["mnist", "fashion_mnist", "cifar10", "cifar100", "image_folder"]
+    dataset: Literal[(*DATASETS, "image_folder")]  # type: ignore[valid-type]
     path: str | None = None
     """image_folder: the training folder, one sub-folder per class (Keras flow_from_directory)."""
     test_path: str | None = None
@@ -151,7 +163,7 @@ class DataSection(SpecModel):
     def channels(self) -> int | None:
         if self.color_mode:
             return 1 if self.color_mode == "grayscale" else 3
-        return DATASETS[self.dataset][0] if self.dataset in DATASETS else 3
+        return DATASETS[self.dataset].channels if self.dataset in DATASETS else 3
 
     def input_shape(self) -> tuple[int, ...] | None:
         """(C, H, W) the model sees, when known before prepare."""
@@ -159,12 +171,12 @@ class DataSection(SpecModel):
             h, w = (self.image_size,) * 2 if isinstance(self.image_size, int) else self.image_size
             return (self.channels() or 3, h, w)
         if self.dataset in DATASETS:
-            _, h, w, _ = DATASETS[self.dataset]
-            return (self.channels() or 1, h, w)
+            builtin = DATASETS[self.dataset]
+            return (self.channels() or 1, builtin.height, builtin.width)
         return None
 
     def source_classes(self) -> list[str] | None:
-        return DATASETS[self.dataset][3] if self.dataset in DATASETS else None
+        return DATASETS[self.dataset].classes if self.dataset in DATASETS else None
 
 
 # ---- augmentation -------------------------------------------------------------------------

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ import torch
 from PIL import Image
 
 from pipeline.data.augment import (
-    BUILDERS,
+    AUGMENT_BUILDERS,
     Warp,
     affine_grid,
     apply_affine,
@@ -25,8 +27,9 @@ from pipeline.data.augment import (
     zoom_matrix,
 )
 from pipeline.data.preview import preview_grid
+from pipeline.registry import Builders
 from pipeline.spec import load_spec
-from pipeline.spec.base import TRANSFORMS
+from pipeline.spec.base import TRANSFORMS, Kind, Registry
 from pipeline.spec.data import AugmentSection
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,8 +70,55 @@ def images(n: int = 16, c: int = 3, h: int = 24, w: int = 24, seed: int = 0) -> 
 
 
 def test_registry_covers_every_schema_transform() -> None:
-    assert set(TRANSFORMS.names()) == set(BUILDERS)
-    assert set(EVERY) == set(BUILDERS)
+    assert set(AUGMENT_BUILDERS) == set(TRANSFORMS.kinds.values())
+    assert AUGMENT_BUILDERS.missing() == []
+    assert set(EVERY) == set(TRANSFORMS.names())
+
+
+def test_a_transform_kind_without_a_builder_is_named_by_the_completeness_check() -> None:
+    kinds = Registry("augmentation")
+
+    @kinds.register
+    class Blur(Kind):
+        type: Literal["blur"] = "blur"
+
+    @kinds.register
+    class Sharpen(Kind):
+        type: Literal["sharpen"] = "sharpen"
+
+    table: Builders[Any] = Builders(kinds, "augmentation")
+    table.register(Sharpen)(lambda t: t)
+    with pytest.raises(TypeError, match=r"augmentation kinds blur\b"):
+        table.check_complete()
+    table.register(Blur)(lambda t: t)
+    table.check_complete()
+    assert table[Blur()] is not table[Sharpen()]
+
+
+def test_builders_are_keyed_by_schema_class_not_by_name() -> None:
+    rotation = AugmentSection.model_validate({"transforms": [{"type": "rotation", "degrees": 5}]})
+    assert (
+        AUGMENT_BUILDERS[rotation.transforms[0]] is AUGMENT_BUILDERS[type(rotation.transforms[0])]
+    )
+    with pytest.raises(TypeError, match="no augmentation builder for str"):
+        AUGMENT_BUILDERS["rotation"]  # type: ignore[index]
+
+
+def test_importing_the_augment_package_fails_naming_a_schema_kind_without_a_builder() -> None:
+    code = (
+        "from typing import Literal\n"
+        "from pipeline.spec.base import TRANSFORMS\n"
+        "from pipeline.spec.data import TransformBase\n"
+        "@TRANSFORMS.register\n"
+        "class Posterize(TransformBase):\n"
+        "    type: Literal['posterize'] = 'posterize'\n"
+        "import pipeline.data.augment\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "TypeError: no augmentation builder for the spec's augmentation kinds posterize" in (
+        done.stderr
+    )
 
 
 def test_no_transforms_builds_nothing() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import pickle
 import re
@@ -16,7 +17,8 @@ import torchvision.datasets
 from PIL import Image
 
 from pipeline.data import DataError, prepare, read_source
-from pipeline.spec.data import CIFAR10_CLASSES
+from pipeline.data.builtin import FAMILIES, builtin
+from pipeline.spec.data import CIFAR10_CLASSES, DATASETS, BuiltinDataset, DataSection
 from tests.data.conftest import MNIST_TEST_COUNTS, need_mirror, raw_idx
 
 # ---- built-in datasets: mirror, checksums, download ----------------------------------------
@@ -100,6 +102,63 @@ def test_failed_download_is_a_clear_error(make_spec, monkeypatch):
 def test_no_download_and_no_mirror_says_so(make_spec):
     with pytest.raises(DataError, match=re.escape("data.download is false")):
         read_source(make_spec({"dataset": "fashion_mnist", "download": False}).data)
+
+
+# ---- the table of built-in datasets ------------------------------------------------------------
+
+
+def test_the_schema_offers_exactly_the_table_s_datasets_and_image_folder():
+    enum = DataSection.model_json_schema()["properties"]["dataset"]["enum"]
+    assert enum == [*DATASETS, "image_folder"]
+
+
+@pytest.mark.parametrize("name", list(DATASETS))
+def test_every_table_entry_has_a_reader_and_published_md5s(name: str):
+    reader = builtin(name)
+    assert reader.cls.__name__ == DATASETS[name].torchvision
+    assert reader.layout in FAMILIES.values()
+    files = reader.files()
+    assert files and all(re.fullmatch(r"[0-9a-f]{32}", md5) for _, md5 in files)
+
+
+def test_a_dataset_of_an_unknown_torchvision_family_names_what_to_add(monkeypatch):
+    monkeypatch.setitem(DATASETS, "svhn", BuiltinDataset(3, 32, 32, list("0123456789"), "SVHN"))
+    with pytest.raises(TypeError, match=r"torchvision.datasets.SVHN is of no family.*FAMILIES"):
+        builtin("svhn")
+
+
+def _idx(array: np.ndarray) -> bytes:
+    """The IDX format of the MNIST family: magic (ubyte, ndim), big-endian sizes, the bytes."""
+    sizes = b"".join(n.to_bytes(4, "big") for n in array.shape)
+    return bytes([0, 0, 8, array.ndim]) + sizes + array.astype(np.uint8).tobytes()
+
+
+def test_a_torchvision_dataset_of_a_known_family_is_one_table_entry(tmp_path, monkeypatch):
+    # KMNIST is not in the table: one entry makes it readable, through torchvision's own reader.
+    cls = torchvision.datasets.KMNIST
+    monkeypatch.setitem(DATASETS, "kmnist", BuiltinDataset(1, 28, 28, list(cls.classes), "KMNIST"))
+    raw = tmp_path / "mirror" / "KMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    images = {"train": rng.integers(0, 256, (7, 28, 28)), "t10k": rng.integers(0, 256, (3, 28, 28))}
+    resources = []
+    for split, x in images.items():
+        labels = np.arange(len(x)) % 10
+        for name, array in (
+            (f"{split}-images-idx3-ubyte.gz", x),
+            (f"{split}-labels-idx1-ubyte.gz", labels),
+        ):
+            (raw / name).write_bytes(gzip.compress(_idx(array), mtime=0))
+            resources.append((name, hashlib.md5((raw / name).read_bytes()).hexdigest()))
+    monkeypatch.setattr(cls, "resources", resources)
+    section = DataSection.model_construct(dataset="kmnist", mirror=str(tmp_path / "mirror"))
+    got = read_source(section)
+    assert got.classes == list(cls.classes)
+    x, y = got.splits["train"]
+    assert x.shape == (7, 1, 28, 28) and np.array_equal(x[:, 0].numpy(), images["train"])
+    assert y.tolist() == [0, 1, 2, 3, 4, 5, 6]
+    assert got.splits["test"][0].shape == (3, 1, 28, 28)
+    assert set(got.checksums) == {f"KMNIST/raw/{name}" for name, _ in resources}
 
 
 # ---- CIFAR-10 in its own on-disk format ------------------------------------------------------

@@ -108,9 +108,10 @@ def evaluate_task(spec: Spec, data: str | None = None) -> dict[str, float]:
     return stages.evaluate(spec, data=data, log=get_run_logger().info)
 
 
-def _report(spec: Spec, trained: dict[str, Any] | None, metrics: dict[str, float] | None) -> str:
+def _report(spec: Spec, *sections: list[str]) -> str:
+    """The markdown artifact: the spec's name, description and model summary, then
+    ``sections`` (each flow adds what it has: its code is what it imports)."""
     from pipeline.model.summary import summarize
-    from pipeline.train.loop import RUN_COLUMNS
 
     lines = [
         f"# {spec.name}",
@@ -124,30 +125,39 @@ def _report(spec: Spec, trained: dict[str, Any] | None, metrics: dict[str, float
         "```",
         "",
     ]
-    if trained:
-        lines += [
-            "## Training",
-            "",
-            f"{trained['epochs']} epochs, best epoch "
-            f"{trained['best_epoch']}" + (f"; {trained['stopped']}" if trained["stopped"] else ""),
-            "",
-        ]
-        last = {
-            k: v
-            for k, v in (trained.get("last") or {}).items()
-            if isinstance(v, float) and k not in RUN_COLUMNS
-        }
-        if last:
-            lines += ["| last epoch | value |", "| --- | --- |"]
-            lines += [f"| {k} | {v:.4g} |" for k, v in last.items()] + [""]
-    if metrics:
-        lines += ["## Test metrics", "", "| metric | value |", "| --- | --- |"]
-        lines += [
-            f"| {k} | {v:.4f} |"
-            for k, v in metrics.items()
-            if "/" not in k and isinstance(v, float)
-        ]
+    for section in sections:
+        lines += section
     return "\n".join(lines) + "\n"
+
+
+def _training(trained: dict[str, Any]) -> list[str]:
+    """The training section: epochs, best epoch, why it stopped, the last epoch's metrics."""
+    from pipeline.train.loop import RUN_COLUMNS
+
+    lines = [
+        "## Training",
+        "",
+        f"{trained['epochs']} epochs, best epoch "
+        f"{trained['best_epoch']}" + (f"; {trained['stopped']}" if trained["stopped"] else ""),
+        "",
+    ]
+    last = {
+        k: v
+        for k, v in (trained.get("last") or {}).items()
+        if isinstance(v, float) and k not in RUN_COLUMNS
+    }
+    if last:
+        lines += ["| last epoch | value |", "| --- | --- |"]
+        lines += [f"| {k} | {v:.4g} |" for k, v in last.items()] + [""]
+    return lines
+
+
+def _test_metrics(metrics: dict[str, float]) -> list[str]:
+    """The test metrics table (per-class entries, ``class/...``, left out)."""
+    lines = ["## Test metrics", "", "| metric | value |", "| --- | --- |"]
+    return lines + [
+        f"| {k} | {v:.4f} |" for k, v in metrics.items() if "/" not in k and isinstance(v, float)
+    ]
 
 
 def _stage_flow(stage: Callable[..., Any]) -> Callable[[F], F]:
@@ -198,7 +208,7 @@ def train_flow(
     s = _spec(spec, overrides or [])
     trained = train_task(s, resume=resume, data=data or prepare_task(s))
     create_markdown_artifact(
-        _report(s, trained, None),
+        _report(s, _training(trained)),
         key=_artifact_key(s),
         description=f"{s.name}: summary and training metrics",
     )
@@ -212,7 +222,9 @@ def evaluate_flow(
     s = _spec(spec, overrides or [])
     metrics = evaluate_task(s, data=data)
     create_markdown_artifact(
-        _report(s, None, metrics), key=_artifact_key(s), description=f"{s.name}: test metrics"
+        _report(s, _test_metrics(metrics)),
+        key=_artifact_key(s),
+        description=f"{s.name}: test metrics",
     )
     return metrics
 
@@ -233,7 +245,7 @@ def experiment_flow(
     trained = train_task(s, resume=resume, data=root)
     metrics = evaluate_task(s, data=root)
     create_markdown_artifact(
-        _report(s, trained, metrics),
+        _report(s, _training(trained), _test_metrics(metrics)),
         key=_artifact_key(s),
         description=f"{s.name}: summary and test metrics",
     )

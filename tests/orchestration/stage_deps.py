@@ -229,7 +229,7 @@ class Reach:
             head, *attrs = parts
             if head in bound:
                 self._add(self._resolve(*bound[head], attrs), unit)
-            elif head in own and not attrs:
+            elif head in own:  # a def of this module (a class's attributes are in its body)
                 self._add((module, head), unit)
 
     def _resolve(self, module: str, attr: str | None, attrs: list[str]) -> Unit:

@@ -1,22 +1,31 @@
-"""Prefect flows: one per stage and an ``experiment`` flow running all three.
+"""Prefect flows: one per stage of ``pipeline.stages`` (prepare, train, evaluate, experiment).
 
-Flows only orchestrate: every step is a plain library function (``prepare``, ``train``,
-``evaluate``) that knows nothing of Prefect. Parameters are typed, so Prefect validates them
-before a run starts (a deployment's server rejects bad ones before any run exists).
+Flows only orchestrate: each wraps its stage function, which knows nothing of Prefect, adding
+what Prefect gives (prepare's retries and cache key, a task per step, a markdown artifact).
+Parameters are typed, so Prefect validates them before a run starts (a deployment's server
+rejects bad ones before any run exists). ``flow_of`` gives the dispatch
+(``pipeline.orchestrate.call``) a stage's flow; every stage has one (checked at import).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from prefect import flow, get_run_logger, task
+from prefect import Flow, flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import TaskRunContext
 
+from pipeline import stages
 from pipeline.errors import PipelineError
 from pipeline.spec.spec import Spec
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+FLOWS: dict[Callable[..., Any], Flow[..., Any]] = {}
+"""Each stage function's flow."""
 
 
 def _spec(spec: str | dict[str, Any], overrides: list[str]) -> Spec:
@@ -82,34 +91,27 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
 def prepare_task(spec: Spec, force: bool = False, out: str | None = None) -> str:
     """Prepare (or find) the spec's data, in ``out`` when given; retried, since a download can
     fail and succeed later."""
-    from pipeline.data.prepare import prepare, report
+    from pipeline.data.prepare import load_prepared, report
 
-    prepared = prepare(spec, force=force, progress=get_run_logger().info, target=out)
-    get_run_logger().info("\n" + report(prepared))
-    return str(prepared.root)
+    root = stages.prepare(spec, force=force, out=out, log=get_run_logger().info)
+    get_run_logger().info("\n" + report(load_prepared(root, mmap=True)))
+    return root
 
 
 @task
 def train_task(spec: Spec, resume: bool = False, data: str | None = None) -> dict[str, Any]:
-    from pipeline.orchestrate import prepared_for, training_summary
-    from pipeline.train.loop import train
-
-    return training_summary(
-        train(spec, prepared=prepared_for(spec, data), resume=resume, log=get_run_logger().info)
-    )
+    return stages.train(spec, resume=resume, data=data, log=get_run_logger().info)
 
 
 @task
 def evaluate_task(spec: Spec, data: str | None = None) -> dict[str, float]:
-    from pipeline.evaluate import evaluate
-    from pipeline.orchestrate import prepared_for
-
-    return evaluate(spec, prepared=prepared_for(spec, data), log=get_run_logger().info)
+    return stages.evaluate(spec, data=data, log=get_run_logger().info)
 
 
-def _report(spec: Spec, trained: dict[str, Any] | None, metrics: dict[str, float] | None) -> str:
+def _report(spec: Spec, *sections: list[str]) -> str:
+    """The markdown artifact: the spec's name, description and model summary, then
+    ``sections`` (each flow adds what it has: its code is what it imports)."""
     from pipeline.model.summary import summarize
-    from pipeline.train.loop import RUN_COLUMNS
 
     lines = [
         f"# {spec.name}",
@@ -123,30 +125,54 @@ def _report(spec: Spec, trained: dict[str, Any] | None, metrics: dict[str, float
         "```",
         "",
     ]
-    if trained:
-        lines += [
-            "## Training",
-            "",
-            f"{trained['epochs']} epochs, best epoch "
-            f"{trained['best_epoch']}" + (f"; {trained['stopped']}" if trained["stopped"] else ""),
-            "",
-        ]
-        last = {
-            k: v
-            for k, v in (trained.get("last") or {}).items()
-            if isinstance(v, float) and k not in RUN_COLUMNS
-        }
-        if last:
-            lines += ["| last epoch | value |", "| --- | --- |"]
-            lines += [f"| {k} | {v:.4g} |" for k, v in last.items()] + [""]
-    if metrics:
-        lines += ["## Test metrics", "", "| metric | value |", "| --- | --- |"]
-        lines += [
-            f"| {k} | {v:.4f} |"
-            for k, v in metrics.items()
-            if "/" not in k and isinstance(v, float)
-        ]
+    for section in sections:
+        lines += section
     return "\n".join(lines) + "\n"
+
+
+def _training(trained: dict[str, Any]) -> list[str]:
+    """The training section: epochs, best epoch, why it stopped, the last epoch's metrics."""
+    from pipeline.train.loop import RUN_COLUMNS
+
+    lines = [
+        "## Training",
+        "",
+        f"{trained['epochs']} epochs, best epoch "
+        f"{trained['best_epoch']}" + (f"; {trained['stopped']}" if trained["stopped"] else ""),
+        "",
+    ]
+    last = {
+        k: v
+        for k, v in (trained.get("last") or {}).items()
+        if isinstance(v, float) and k not in RUN_COLUMNS
+    }
+    if last:
+        lines += ["| last epoch | value |", "| --- | --- |"]
+        lines += [f"| {k} | {v:.4g} |" for k, v in last.items()] + [""]
+    return lines
+
+
+def _test_metrics(metrics: dict[str, float]) -> list[str]:
+    """The test metrics table (per-class entries, ``class/...``, left out)."""
+    lines = ["## Test metrics", "", "| metric | value |", "| --- | --- |"]
+    return lines + [
+        f"| {k} | {v:.4f} |" for k, v in metrics.items() if "/" not in k and isinstance(v, float)
+    ]
+
+
+def _stage_flow(stage: Callable[..., Any]) -> Callable[[F], F]:
+    """The flow of the stage function ``stage``: named after it, its runs after the spec."""
+
+    def wrap(fn: F) -> F:
+        FLOWS[stage] = flow(name=stage.__name__, flow_run_name=_run_name)(fn)
+        return FLOWS[stage]  # type: ignore[return-value]
+
+    return wrap
+
+
+def flow_of(stage: Callable[..., Any]) -> Flow[..., Any]:
+    """The flow that runs the stage function ``stage``."""
+    return FLOWS[stage]
 
 
 def _artifact_key(spec: Spec) -> str:
@@ -155,7 +181,7 @@ def _artifact_key(spec: Spec) -> str:
     return f"experiment-{safe}"[:64] + "-" + hashlib.sha1(spec.name.encode()).hexdigest()[:6]
 
 
-@flow(name="prepare", flow_run_name=_run_name)
+@_stage_flow(stages.prepare)
 def prepare_flow(
     spec: str | dict[str, Any],
     overrides: list[str] | None = None,
@@ -170,7 +196,7 @@ def prepare_flow(
     return task(s, force=force, out=out)
 
 
-@flow(name="train", flow_run_name=_run_name)
+@_stage_flow(stages.train)
 def train_flow(
     spec: str | dict[str, Any],
     overrides: list[str] | None = None,
@@ -182,26 +208,28 @@ def train_flow(
     s = _spec(spec, overrides or [])
     trained = train_task(s, resume=resume, data=data or prepare_task(s))
     create_markdown_artifact(
-        _report(s, trained, None),
+        _report(s, _training(trained)),
         key=_artifact_key(s),
         description=f"{s.name}: summary and training metrics",
     )
     return trained
 
 
-@flow(name="evaluate", flow_run_name=_run_name)
+@_stage_flow(stages.evaluate)
 def evaluate_flow(
     spec: str | dict[str, Any], overrides: list[str] | None = None, data: str | None = None
 ) -> dict[str, float]:
     s = _spec(spec, overrides or [])
     metrics = evaluate_task(s, data=data)
     create_markdown_artifact(
-        _report(s, None, metrics), key=_artifact_key(s), description=f"{s.name}: test metrics"
+        _report(s, _test_metrics(metrics)),
+        key=_artifact_key(s),
+        description=f"{s.name}: test metrics",
     )
     return metrics
 
 
-@flow(name="experiment", flow_run_name=_run_name)
+@_stage_flow(stages.experiment)
 def experiment_flow(
     spec: str | dict[str, Any],
     overrides: list[str] | None = None,
@@ -217,8 +245,12 @@ def experiment_flow(
     trained = train_task(s, resume=resume, data=root)
     metrics = evaluate_task(s, data=root)
     create_markdown_artifact(
-        _report(s, trained, metrics),
+        _report(s, _training(trained), _test_metrics(metrics)),
         key=_artifact_key(s),
         description=f"{s.name}: summary and test metrics",
     )
     return metrics
+
+
+if missing := [stage.__name__ for stage in stages.STAGES if stage not in FLOWS]:
+    raise TypeError(f"pipeline.flows: no flow for the stage(s) {', '.join(missing)}")

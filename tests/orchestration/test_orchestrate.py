@@ -117,7 +117,7 @@ def test_one_server_is_started_reused_by_the_next_stage_and_stopped(project, tmp
 
     # the next stage (here with an unreachable PREFECT_API_URL, which auto mode passes over)
     # finds the running server: no start-up to pay
-    unreachable = f"http://127.0.0.1:{orchestrate._free_port()}/api"
+    unreachable = f"http://127.0.0.1:{orchestrate.free_port()}/api"
     second, second_s = _pipeline(
         "prepare",
         "specs/tiny.yaml",
@@ -205,7 +205,7 @@ def test_errors_before_any_flow_run(project, tmp_path, mirror):
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "'bogus' is not one of auto, server, ephemeral, off" in done.stderr
 
-    unreachable = f"http://127.0.0.1:{orchestrate._free_port()}/api"
+    unreachable = f"http://127.0.0.1:{orchestrate.free_port()}/api"
     done, _ = _pipeline(
         "prepare",
         "specs/tiny.yaml",

@@ -1,0 +1,97 @@
+"""Commands on specs alone: validate, schema, docs, checks. None imports torch or Prefect, so
+``pipeline validate`` answers in a fraction of a second."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipeline.cli.common import add_overrides
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("validate", help="check specs: schema, shapes and cross-field rules")
+    p.add_argument("specs", nargs="+", type=Path)
+    add_overrides(p)
+    p.add_argument(
+        "--resolved",
+        action="store_true",
+        help="print the resolved spec (extends, overrides, defaults applied) as YAML",
+    )
+    p.add_argument("--format", choices=["text", "json", "junit"], default="text")
+    p.add_argument("-o", "--output", type=Path, help="write the report (or resolved spec) here")
+    p.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    p.set_defaults(handler=validate)
+
+    p = sub.add_parser("schema", help="write the spec's JSON Schema")
+    p.add_argument("-o", "--output", type=Path)
+    p.set_defaults(handler=schema)
+
+    p = sub.add_parser("docs", help="regenerate spec.schema.json and docs/spec-reference.md")
+    p.add_argument("--root", type=Path, default=Path("."))
+    p.add_argument("--check", action="store_true", help="exit 1 if they are out of date")
+    p.set_defaults(handler=docs)
+
+    sub.add_parser("checks", help="list the cross-field checks").set_defaults(handler=checks)
+
+
+def validate(args: argparse.Namespace) -> int:
+    from pipeline import atomic
+    from pipeline.cli.validate_report import FORMATS, Results
+    from pipeline.spec.errors import SpecError
+    from pipeline.spec.load import load_spec, to_yaml
+
+    results: Results = []
+    resolved = []
+    for path in args.specs:
+        try:
+            spec = load_spec(path, args.overrides)
+            problems = spec.warnings
+            resolved.append(to_yaml(spec))
+        except SpecError as err:
+            problems = err.problems
+        if args.strict:
+            for p in problems:
+                p.severity = "error"
+        results.append((path, problems))
+    failed = any(p.severity == "error" for _, ps in results for p in ps)
+
+    text = "---\n".join(resolved) if args.resolved and not failed else FORMATS[args.format](results)
+    if args.output and not (args.resolved and failed):  # no half-made resolved spec (dvc.yaml)
+        atomic.write_text(args.output, text)
+    else:
+        sys.stdout.write(text)
+    return 1 if failed else 0
+
+
+def schema(args: argparse.Namespace) -> int:
+    from pipeline import atomic
+    from pipeline.spec.reference import schema_text
+
+    if args.output:
+        atomic.write_text(args.output, schema_text())
+    else:
+        sys.stdout.write(schema_text())
+    return 0
+
+
+def docs(args: argparse.Namespace) -> int:
+    from pipeline.spec.reference import stale_files, write_generated
+
+    if args.check:
+        stale = stale_files(args.root)
+        for name in stale:
+            print(f"{name} is out of date: run `pipeline docs`", file=sys.stderr)
+        return 1 if stale else 0
+    print("wrote " + ", ".join(write_generated(args.root)))
+    return 0
+
+
+def checks(_: argparse.Namespace) -> int:
+    from pipeline.spec.checks import CHECKS
+
+    for info in CHECKS.values():
+        print(f"{info.name:28} {info.doc}")
+    return 0

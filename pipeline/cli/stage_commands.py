@@ -1,0 +1,121 @@
+"""The stage commands (dvc.yaml's cmds): prepare, train, evaluate, and run (the three as one
+experiment). Each loads the spec first, so a spec error is reported located, without a
+traceback, before any flow run exists; then ``pipeline.orchestrate.call`` runs the stage
+function here or as its Prefect flow run (``PIPELINE_ORCHESTRATION=auto|server|ephemeral|off``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from pipeline import stages
+from pipeline.cli.common import add_overrides, load, stderr
+from pipeline.orchestrate import call
+
+_DATA_HELP = (
+    "the prepared data folder to use (what 'prepare --out DIR' wrote), "
+    "checked to match the spec's data section"
+)
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("prepare", help="prepare the spec's data (a no-op when already prepared)")
+    p.add_argument("spec", type=Path)
+    add_overrides(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--force", action="store_true", help="prepare again even if present")
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="prepare into exactly this folder (a DVC stage's output) instead of "
+        "data/prepared/<dataset>-<hash>",
+    )
+    p.set_defaults(handler=prepare)
+
+    p = sub.add_parser("train", help="train the spec's model (writes runs/<name>/)")
+    p.add_argument("spec", type=Path)
+    add_overrides(p)
+    p.add_argument("--resume", action="store_true", help="continue from runs/<name>/last.pt")
+    p.add_argument("--data", type=Path, metavar="DIR", help=_DATA_HELP)
+    p.set_defaults(handler=train)
+
+    p = sub.add_parser("run", help="prepare, train and evaluate as one Prefect flow run")
+    p.add_argument("spec", type=Path)
+    add_overrides(p)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument(
+        "--data", type=Path, metavar="DIR", help="prepare into (or use) exactly this folder"
+    )
+    p.set_defaults(handler=run)
+
+    p = sub.add_parser("evaluate", help="test-split metrics of the trained model (metrics.json)")
+    p.add_argument("spec", type=Path)
+    add_overrides(p)
+    p.add_argument("--data", type=Path, metavar="DIR", help=_DATA_HELP)
+    p.set_defaults(handler=evaluate)
+
+
+def prepare(args: argparse.Namespace) -> int:
+    from pipeline.data.prepare import load_prepared, report
+
+    spec = load(args)
+    root = call(
+        stages.prepare,
+        spec,
+        source=args.spec,
+        overrides=args.overrides,
+        force=args.force,
+        out=args.out,
+        log=stderr,
+    )
+    print(report(load_prepared(root, mmap=True), as_json=args.json))
+    return 0
+
+
+def train(args: argparse.Namespace) -> int:
+
+    spec = load(args)
+    trained = call(
+        stages.train,
+        spec,
+        source=args.spec,
+        overrides=args.overrides,
+        resume=args.resume,
+        data=args.data,
+    )
+    print(
+        f"trained {trained['epochs']} epochs; best epoch {trained['best_epoch']}; "
+        f"outputs in {trained['run_dir']}"
+    )
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+
+    spec = load(args)
+    metrics = call(
+        stages.evaluate, spec, source=args.spec, overrides=args.overrides, data=args.data
+    )
+    for key, value in metrics.items():
+        if "/" not in key:
+            print(f"{key:24} {value:.4f}" if isinstance(value, float) else f"{key:24} {value}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+
+    spec = load(args)
+    metrics = call(
+        stages.experiment,
+        spec,
+        source=args.spec,
+        overrides=args.overrides,
+        resume=args.resume,
+        data=args.data,
+        log=stderr,
+    )
+    print(f"test_accuracy {metrics['test_accuracy']:.4f}")
+    return 0

@@ -279,9 +279,9 @@ def _load(args: argparse.Namespace):
 
 
 def _out(args: argparse.Namespace, spec: object, what: str) -> Path:
-    from pipeline.train.loop import run_dir
+    from pipeline.run import Run
 
-    return args.output or run_dir(spec) / what  # type: ignore[arg-type]
+    return args.output or getattr(Run.of(spec), what)  # type: ignore[arg-type]
 
 
 # The stage commands (dvc.yaml's cmds) run the Prefect flows through pipeline.orchestrate:

@@ -201,7 +201,8 @@ class Run:
         every output of the earlier run and writes a new ``run.json``. A resumed run keeps
         its training outputs, appends this start to its record's ``resumed`` list (``run_id``,
         the checkpoint's, when the record is missing) and removes only the evaluation of the
-        checkpoints it is about to change. Returns the record."""
+        checkpoints it is about to change. A resumed part that runs another spec (more epochs,
+        say) records it in its entry. Returns the record."""
         self.dir.mkdir(parents=True, exist_ok=True)
         now = _now()
         entry = {
@@ -218,6 +219,8 @@ class Run:
                 log(f"{spec.name}: resuming; removed the evaluation of the earlier checkpoints: "
                     f"{', '.join(removed)}")  # fmt: skip
             if earlier is not None:
+                if _dump(spec) != earlier.get("spec"):
+                    entry["spec"] = _dump(spec)
                 earlier.setdefault("resumed", []).append(entry)
                 self.write_json(self.record, earlier)
                 return earlier
@@ -240,7 +243,7 @@ class Run:
             "id": run_id or new_run_id(),
             "name": spec.name,
             **entry,
-            "spec": spec.model_dump(mode="json", by_alias=True, exclude={"extends"}),
+            "spec": _dump(spec),
         }
 
     def _remove(self, paths: Iterable[Path]) -> list[str]:
@@ -255,6 +258,11 @@ class Run:
                 path.unlink()
                 removed.append(name)
         return removed
+
+
+def _dump(spec: Spec) -> dict[str, Any]:
+    """The resolved spec as JSON: every default filled in, blocks expanded, no ``extends``."""
+    return spec.model_dump(mode="json", by_alias=True, exclude={"extends"})
 
 
 def _replaced_line(
@@ -301,11 +309,14 @@ def code_version(folder: str | Path | None = None) -> dict[str, Any] | None:
 
 
 def versions() -> dict[str, str | None]:
-    """Python's and the libraries' versions (None: not installed), read without importing."""
+    """Python's and the libraries' versions (None: not installed), read without importing.
+    A library already imported reports its own ``__version__``: torch's names its build
+    (``+cu130``), which the package metadata leaves out."""
     out: dict[str, str | None] = {"python": platform.python_version()}
     for name in ("pipeline", *LIBRARIES):
+        loaded = getattr(sys.modules.get(name), "__version__", None)
         try:
-            out[name] = metadata.version(name)
+            out[name] = str(loaded) if loaded else metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = None
     out["platform"] = f"{sys.platform}-{platform.machine()}"

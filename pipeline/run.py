@@ -4,7 +4,9 @@ A :class:`Run` names every file of the folder, writes them atomically (:mod:`pip
 and keeps the record of what each run used (``run.json``: the resolved spec, the ``-S``
 overrides, the code version, library versions, the device). A fresh run removes the outputs
 of the earlier one before it trains, so the folder is never a mix of two runs; the earlier
-record goes to the append-only ``runs.jsonl``.
+record goes to the append-only ``runs.jsonl``. ``spec.yaml`` (DVC's ``resolve`` stage writes
+it before training) and the explorations ``lr_find/`` and ``schedule/`` (made before training,
+from the spec alone) stay.
 
 No torch here: the CLI and the flows import this on their light paths. Loading a run's model
 needs the model builder, which imports this module for reused checkpoints, so it lives in
@@ -216,8 +218,14 @@ class Run:
         if resume:
             removed = self._remove(self.evaluated_outputs())
             if removed:
-                log(f"{spec.name}: resuming; removed the evaluation of the earlier checkpoints: "
-                    f"{', '.join(removed)}")  # fmt: skip
+                what = ", ".join(removed)
+                log(
+                    f"{spec.name}: resuming; removed the evaluation of the earlier "
+                    f"checkpoints: {what}"
+                )
+            if earlier is not None and run_id not in (None, earlier.get("id")):
+                self._keep(earlier, now, [])  # the checkpoint is of another run than the record
+                earlier = None
             if earlier is not None:
                 if _dump(spec) != earlier.get("spec"):
                     entry["spec"] = _dump(spec)
@@ -229,13 +237,17 @@ class Run:
         else:
             removed = self._remove(self.trained_outputs() + self.evaluated_outputs())
             if earlier is not None:
-                with self.earlier_records.open("a", encoding="utf-8") as f:
-                    f.write(json.dumps(earlier | {"replaced": now, "removed": removed}) + "\n")
+                self._keep(earlier, now, removed)
             if earlier is not None or removed:
                 log(_replaced_line(spec.name, earlier, removed, self.earlier_records))
             record = self._new_record(spec, entry, None)
         self.write_json(self.record, record)
         return record
+
+    def _keep(self, record: dict[str, Any], now: str, removed: list[str]) -> None:
+        """Append a replaced record to ``runs.jsonl``, with when and what of it went."""
+        with self.earlier_records.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record | {"replaced": now, "removed": removed}) + "\n")
 
     def _new_record(self, spec: Spec, entry: dict[str, Any], run_id: str | None) -> dict[str, Any]:
         return {

@@ -129,6 +129,32 @@ def test_resume_keeps_the_folder_and_appends_to_its_record(workdir, monkeypatch)
     assert not (workdir / "runs").exists()
 
 
+def test_evaluate_names_the_checkpoints_run_when_the_record_is_of_another(workdir):
+    spec = tiny()
+    train(spec, log=lambda _m: None)
+    run = Run.of(spec)
+    trained = run.read_record()["id"]
+    run.write_json(run.record, run.read_record() | {"id": "a-later-run"})
+    lines: list[str] = []
+    assert evaluate(spec, log=lines.append)["run_id"] == trained
+    assert any(f"is of run {trained}, not of the run a-later-run" in m for m in lines)
+
+
+def test_resuming_a_checkpoint_of_another_run_starts_its_own_record(tmp_path):
+    run = Run(tmp_path / "t")
+    spec = tiny()
+    first = run.start(spec, log=lambda _m: None)
+    # a checkpoint of another run (restored by dvc checkout, say) is resumed
+    resumed = run.start(spec, resume=True, run_id="other-run", log=lambda _m: None)
+    assert resumed["id"] == "other-run" and len(resumed["resumed"]) == 1
+    (kept,) = [json.loads(line) for line in run.earlier_records.read_text().splitlines()]
+    assert kept["id"] == first["id"] and kept["removed"] == []
+    # a folder from before records were kept: the resumed run's record starts now
+    run.record.unlink()
+    again = run.start(spec, resume=True, run_id="other-run", log=lambda _m: None)
+    assert again["id"] == "other-run" and run.read_record() == again
+
+
 def test_code_version_names_the_commit_and_whether_tracked_files_changed(tmp_path):
     assert code_version(tmp_path) is None  # not a git work tree
     repo = tmp_path / "repo"

@@ -26,6 +26,7 @@ from pipeline.data.loader import BatchLoader
 from pipeline.data.prepare import prepare
 from pipeline.evaluate import collect
 from pipeline.model.build import build_model
+from pipeline.run import Run
 from pipeline.spec import load_spec
 from pipeline.train import checkpoint
 
@@ -40,11 +41,13 @@ def main() -> None:
     runtime.tune_allocator()
     spec = load_spec(ROOT / "specs" / "mnist_convnet.yaml")
     prepared = prepare(spec)
-    model = build_model(spec, load_weights=False)
-    best = ROOT / "runs" / spec.name / "checkpoints" / "best.pt"
-    trained = best.is_file()
-    if trained:
-        model.load_state_dict(checkpoint.load(best, spec, map_location="cpu")["model"])
+    run = Run.of(spec, ROOT / "runs")
+    trained = run.checkpoint("best").is_file()
+    model = (
+        checkpoint.load_trained(spec, "best", run=run)[0]
+        if trained
+        else build_model(spec, load_weights=False)
+    )
     fmt = runtime.memory_format(model, "auto")
     model = model.to(memory_format=fmt).eval()
     print(

@@ -83,11 +83,13 @@ def _plain(channels_last: bool, tuned_alloc: bool) -> float:
 
 
 def _pipeline() -> float:
+    from pipeline.run import Run
     from pipeline.spec.train import Phase
     from pipeline.train.loop import Trainer
 
     spec, prepared = _data()
-    trainer = Trainer(spec, prepared, out=Path("/tmp/pipeline-bench-run"), log=lambda _m: None)
+    run = Run(Path("/tmp/pipeline-bench-run"))
+    trainer = Trainer(spec, prepared, run=run, log=lambda _m: None)
     optimizer, schedule = trainer._enter(Phase(epochs=2))
     trainer._train_epoch(0, optimizer, schedule)  # warm-up epoch
     began = time.perf_counter()

@@ -1,15 +1,14 @@
 """``evaluate``: the trained model on the (never augmented) test split.
 
-Writes ``runs/<name>/metrics.json`` (flat, for ``dvc metrics show``) and ``confusion.csv``
-(``actual,predicted`` rows, for DVC's confusion template).
+Writes the run's ``metrics.json`` (flat, for ``dvc metrics show``; ``run_id`` names the run
+whose checkpoint it measured) and ``confusion.csv`` (``actual,predicted`` rows, for DVC's
+confusion template); see :class:`pipeline.run.Run`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import io
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Any
 
 import torch
 
+from pipeline import atomic
+from pipeline.run import Run
 from pipeline.spec.spec import Spec
 
 
@@ -122,23 +123,19 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
 def evaluate(
     spec: Spec, *, out: Path | None = None, prepared: Any = None, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    """Evaluate the spec's best (or last) checkpoint on the test split; write the files."""
+    """Evaluate the spec's best (or last) checkpoint on the test split; write the files into
+    its run folder (``out``, by default ``runs/<name>``)."""
     from pipeline import runtime
     from pipeline.data.loader import BatchLoader
     from pipeline.data.prepare import prepare
-    from pipeline.model.build import build_model
-    from pipeline.train import checkpoint as ckpt
-    from pipeline.train.loop import atomic_write, run_dir
+    from pipeline.train.checkpoint import load_trained
 
     runtime.tune_allocator()
-    out = out or run_dir(spec)
+    run = Run(out) if out else Run.of(spec)
     prepared = prepared or prepare(spec)
     device = runtime.pick_device(spec.train.device)
-    model = build_model(spec, device=device, load_weights=False)
-    state = ckpt.load(
-        out / "checkpoints" / f"{spec.evaluate.checkpoint}.pt", spec, map_location=device
-    )
-    model.load_state_dict(state["model"])
+    model, state = load_trained(spec, spec.evaluate.checkpoint, run=run, device=device)
+    run_id = _run_of(run, spec.evaluate.checkpoint, state, log)
     fmt = runtime.memory_format(model, spec.train.channels_last)
     if fmt is not None:
         model = model.to(memory_format=fmt)
@@ -156,7 +153,7 @@ def evaluate(
     if not spec.evaluate.per_class:
         metrics = {k: v for k, v in metrics.items() if "/" not in k}
     if spec.evaluate.mc_dropout is not None:
-        metrics |= _mc_metrics(spec, model, loader, prepared, out)
+        metrics |= _mc_metrics(spec, model, loader, prepared, run)
     if spec.evaluate.fold_batch_norm:
         from pipeline.export import fold_report
 
@@ -173,38 +170,50 @@ def evaluate(
         export(
             spec,
             model,
-            out / "export",
+            run.export,
             list(spec.evaluate.export),
             fold=spec.evaluate.fold_batch_norm,
             prepared_meta=prepared.meta,
         )
     metrics["checkpoint_epoch"] = state["epoch"]
     metrics["precision"] = precision
+    if run_id is not None:
+        metrics["run_id"] = run_id
     log(
         f"evaluated {len(labels)} test images in {seconds:.2f} s "
         f"({len(labels) / seconds:,.0f} images/s, {precision}, {device.type})"
     )
-    if (out / "history.csv").is_file():
-        training_curves(out / "history.csv", out / "training_curves.png", spec.name)
-    atomic_write(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    if run.history.is_file():
+        training_curves(run.history, run.curves, spec.name)
+    run.write_json(run.metrics, metrics)
     if spec.evaluate.confusion_matrix:
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(["actual", "predicted"])
         names = prepared.classes
-        writer.writerows(
-            (names[a], names[p])
-            for a, p in zip(labels.tolist(), probs.argmax(1).tolist(), strict=True)
+        pairs = zip(labels.tolist(), probs.argmax(1).tolist(), strict=True)
+        run.write_csv(
+            run.confusion,
+            ({"actual": names[a], "predicted": names[p]} for a, p in pairs),
+            columns=["actual", "predicted"],
         )
-        atomic_write(out / "confusion.csv", buf.getvalue())
     return metrics
 
 
-def _mc_metrics(spec: Spec, model: Any, loader: Any, prepared: Any, out: Path) -> dict[str, float]:
+def _run_of(run: Run, which: str, state: dict[str, Any], log: Callable[[str], None]) -> str | None:
+    """The id of the run whose checkpoint this is (None for checkpoints from before run
+    records); says so when the folder's record is of another run (checkpoints restored by
+    ``dvc checkout``, say), as the metrics then describe the checkpoint's run."""
+    run_id = state.get("run_id")
+    record = run.read_record()
+    if run_id is not None and record is not None and record.get("id") != run_id:
+        log(
+            f"note: {run.checkpoint(which)} is of run {run_id}, not of the run "
+            f"{record.get('id')} that {run.record} records; metrics.json names {run_id}"
+        )
+    return run_id
+
+
+def _mc_metrics(spec: Spec, model: Any, loader: Any, prepared: Any, run: Run) -> dict[str, float]:
     """MC-dropout metrics, and the most uncertain test samples (ids, JSON, an image grid)."""
     from torchvision.utils import save_image
-
-    from pipeline.train.loop import atomic_write
 
     samples = spec.evaluate.mc_dropout.samples  # type: ignore[union-attr]
     mean, spread, labels = mc_dropout(model, loader, samples, spec.seed)
@@ -223,10 +232,11 @@ def _mc_metrics(spec: Spec, model: Any, loader: Any, prepared: Any, out: Path) -
         }
         for i in order
     ]
-    atomic_write(out / "mc_uncertain.json", json.dumps(uncertain, indent=2) + "\n")
+    run.write_json(run.mc_uncertain(".json"), uncertain)
     x, _ = prepared.split("test")
     images = torch.as_tensor(x[order.numpy()]).float() / 255
-    save_image(images, out / "mc_uncertain.png", nrow=8, pad_value=1.0)
+    with atomic.replacing(run.mc_uncertain(".png")) as tmp:
+        save_image(images, tmp, nrow=8, pad_value=1.0)
     return {
         "mc_test_accuracy": mc["test_accuracy"],
         "mc_test_loss": mc["test_loss"],
@@ -255,5 +265,6 @@ def training_curves(history: Path, png: Path, title: str) -> None:
         ax.set_xlabel("epoch")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(png, dpi=90)
+    with atomic.replacing(png) as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)

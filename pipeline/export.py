@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from pipeline.atomic import replacing, write_text
 from pipeline.errors import PipelineError
+from pipeline.run import Run
 
 if TYPE_CHECKING:
     from pipeline.spec.spec import Spec
@@ -116,11 +118,11 @@ def _fold_sequence(seq: nn.Module, prefix: str, folded: list[str]) -> None:
 
 def _sequential_forwards() -> tuple[Any, ...]:
     """Sequentials of the pipeline whose forward is still a chain of the children."""
-    from pipeline.model.build import SpecModel
+    from pipeline.model.build import Network
     from pipeline.model.modules import Reused
 
     # Reused applies its final activation after the whole chain: pairs inside still fold.
-    return (SpecModel.forward, Reused.forward)
+    return (Network.forward, Reused.forward)
 
 
 def fold_batch_norm(model: nn.Module) -> tuple[nn.Module, list[str]]:
@@ -255,9 +257,9 @@ def _trace(model: nn.Module, shape: Sequence[int]) -> torch.jit.ScriptModule:
 
 def _torchscript(model: nn.Module, shape: Sequence[int], path: Path, meta_json: str) -> None:
     traced = _trace(model, shape)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), replacing(path) as tmp:
         warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.save(traced, str(path), _extra_files={METADATA_KEY: meta_json})
+        torch.jit.save(traced, str(tmp), _extra_files={METADATA_KEY: meta_json})
 
 
 def _onnx(model: nn.Module, shape: Sequence[int], path: Path, meta_json: str) -> None:
@@ -268,7 +270,7 @@ def _onnx(model: nn.Module, shape: Sequence[int], path: Path, meta_json: str) ->
             "ONNX export needs the onnx package: pip install 'pipeline[export]'"
         ) from err
     example = torch.randn((2, *shape), generator=torch.Generator().manual_seed(0))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), replacing(path) as tmp:
         # The TorchScript-based exporter: the dynamo one needs onnxscript, and this one handles
         # every layer the builders make; its deprecation notice is not the user's concern.
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -276,17 +278,17 @@ def _onnx(model: nn.Module, shape: Sequence[int], path: Path, meta_json: str) ->
         torch.onnx.export(
             model,
             (example,),
-            str(path),
+            str(tmp),
             dynamo=False,
             opset_version=ONNX_OPSET,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
         )
-    proto = onnx.load(str(path))
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, meta_json
-    onnx.save(proto, str(path))
+        proto = onnx.load(str(tmp))
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, meta_json
+        onnx.save(proto, str(tmp))
 
 
 def export(
@@ -335,7 +337,7 @@ def export(
         paths[fmt] = path
     summary = {"metadata": meta, "fold": report, "files": {f: p.name for f, p in paths.items()}}
     paths["metadata"] = out / "export.json"
-    paths["metadata"].write_text(json.dumps(summary, indent=2) + "\n")
+    write_text(paths["metadata"], json.dumps(summary, indent=2) + "\n")
     return paths
 
 
@@ -347,19 +349,14 @@ def export_run(
     out_dir: str | Path | None = None,
     checkpoint: str = "best",
 ) -> dict[str, Path]:
-    """Export a trained run: ``runs/<name>/checkpoints/<checkpoint>.pt`` into
-    ``runs/<name>/export/`` (or ``out_dir``). What ``pipeline export`` calls."""
+    """Export a trained run: its ``checkpoint`` (best or last) into the run's ``export/``
+    folder (or ``out_dir``). What ``pipeline export`` calls."""
     from pipeline.data.prepare import prepare
-    from pipeline.model.build import build_model
-    from pipeline.train import checkpoint as ckpt
-    from pipeline.train.loop import run_dir
+    from pipeline.train.checkpoint import load_trained
 
-    run = run_dir(spec)
-    model = build_model(spec, load_weights=False)
-    model.load_state_dict(ckpt.load(run / "checkpoints" / f"{checkpoint}.pt", spec)["model"])
-    return export(
-        spec, model, out_dir or run / "export", formats, fold=fold, prepared_meta=prepare(spec).meta
-    )
+    model, _ = load_trained(spec, checkpoint)
+    out = out_dir or Run.of(spec).export
+    return export(spec, model, out, formats, fold=fold, prepared_meta=prepare(spec).meta)
 
 
 def jit_load(path: str | Path, extra: dict[str, str]) -> torch.jit.ScriptModule:

@@ -72,16 +72,11 @@ def _activate(logits: torch.Tensor, activation: str | None) -> torch.Tensor:
 def _spec_source(path: Path, checkpoint: str) -> tuple[Any, dict[str, Any], Any]:
     """(model, metadata, spec) of a spec's trained run."""
     from pipeline.data.prepare import prepare
-    from pipeline.model.build import build_model
     from pipeline.spec import load_spec
-    from pipeline.train import checkpoint as ckpt
-    from pipeline.train.loop import run_dir
+    from pipeline.train.checkpoint import load_trained
 
     spec = load_spec(path)
-    model = build_model(spec, load_weights=False)
-    state = ckpt.load(run_dir(spec) / "checkpoints" / f"{checkpoint}.pt", spec)
-    model.load_state_dict(state["model"])
-    model.eval()
+    model, _ = load_trained(spec, checkpoint)
     meta = metadata(spec, model, prepare(spec).meta) | {"seed": spec.seed}  # MC dropout's seed
     return model, meta, spec
 
@@ -175,8 +170,8 @@ def predict_files(
     batch_size: int = 256,
     checkpoint: str = "best",
 ) -> list[dict[str, Any]]:
-    """Classify image files, in order. ``source``: a spec (its ``runs/<name>/checkpoints/
-    <checkpoint>.pt`` and prepared meta) or an exported ``.pt``/``.onnx`` (metadata inside).
+    """Classify image files, in order. ``source``: a spec (its run's ``checkpoint``, best or
+    last, and prepared meta) or an exported ``.pt``/``.onnx`` (metadata inside).
 
     Each result: ``file``, ``class``, ``probability``, ``probabilities`` (top 5, class ->
     probability, best first), ``error`` (None, or why the file could not be read: then the

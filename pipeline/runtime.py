@@ -109,3 +109,30 @@ def environment() -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def describe_device(device: torch.device) -> dict[str, Any]:
+    """The device a run uses, for its record: the GPU's name, or the CPU model and threads."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return {
+            "type": "cuda",
+            "name": torch.cuda.get_device_name(index),
+            "index": index,
+            "cuda": torch.version.cuda,
+        }
+    return {"type": device.type, "name": cpu_model(), "threads": torch.get_num_threads()}
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name where Linux says it (``/proc/cpuinfo``), else the platform's."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.cli.common import add_overrides, load
+from pipeline.run import Run
 
 if TYPE_CHECKING:
-    from pipeline.spec.spec import Spec
+    pass
 
 
 def add_commands(sub: Any) -> None:
@@ -69,13 +70,6 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(handler=augment_preview)
 
 
-def _out(args: argparse.Namespace, spec: Spec, what: str) -> Path:
-    """``-o`` when given, else the folder ``what`` in the spec's run folder."""
-    from pipeline.run import Run
-
-    return args.output or Run.of(spec).dir / what
-
-
 def summary(args: argparse.Namespace) -> int:
     from pipeline.model.summary import summarize
 
@@ -114,7 +108,7 @@ def lr_find(args: argparse.Namespace) -> int:
     from pipeline.train import explore
 
     spec = load(args)
-    out = _out(args, spec, "lr_find")
+    out = args.output or Run.of(spec).lr_find
     found = explore.lr_find(spec, prepare(spec), out, steps=args.steps)
     print(
         f"suggested lr: {found['suggested_lr']:.3g} (steepest descent; loss was lowest at "
@@ -133,7 +127,7 @@ def schedule_preview(args: argparse.Namespace) -> int:
     n = len(prepare(spec).split("train")[1])
     size = spec.train.batch_size
     batches = n // size if spec.train.drop_last else math.ceil(n / size)
-    out = _out(args, spec, "schedule")
+    out = args.output or Run.of(spec).schedule
     rows = explore.schedule_preview(spec, out, steps_per_epoch=batches)
     print(
         f"{len(rows)} steps ({batches} per epoch): lr from {rows[0]['lr']:.3g} to "

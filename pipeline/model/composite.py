@@ -42,8 +42,11 @@ def _projection(shape: Shape, out: Shape, build: BuildContext) -> nn.Module:
 
 
 def default_checkpoint(source_name: str) -> Path:
-    """Where training leaves an experiment's best weights, relative to the working folder."""
-    return Path("runs") / source_name / "checkpoints" / "best.pt"
+    """Where training leaves an experiment's best weights (its run folder, relative to the
+    working folder or under ``$PIPELINE_RUNS_DIR``)."""
+    from pipeline.run import Run
+
+    return Run.named(source_name).checkpoint("best")
 
 
 @builder("reuse")

@@ -212,10 +212,13 @@ def _load_reused(spec: Spec) -> list[Problem]:
 
 
 def load_spec(path: str | Path, overrides: Sequence[str] = (), *, check: bool = True) -> Spec:
-    """Load, resolve and validate a spec file; raises SpecError listing every located problem."""
+    """Load, resolve and validate a spec file; raises SpecError listing every located problem.
+    The overrides are kept, as given, on ``spec.overrides``."""
     file = Path(path)
     raw = resolve_raw(yamlio.load_file(file), file, overrides)
-    return validate_raw(raw, base_dir=file.resolve().parent, check=check)
+    spec = validate_raw(raw, base_dir=file.resolve().parent, check=check)
+    spec._overrides = tuple(overrides)
+    return spec
 
 
 def load_spec_text(
@@ -231,7 +234,9 @@ def load_spec_text(
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     raw = yamlio.load_text(text, file=file)
     raw = resolve_raw(raw, base / Path(file).name if "extends" in raw else None, overrides)
-    return validate_raw(raw, base_dir=base.resolve(), check=check)
+    spec = validate_raw(raw, base_dir=base.resolve(), check=check)
+    spec._overrides = tuple(overrides)
+    return spec
 
 
 def to_yaml(spec: Spec) -> str:

@@ -111,11 +111,17 @@ class Spec(SpecModel):
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _warnings: list[Problem] = PrivateAttr(default_factory=list)
+    _overrides: tuple[str, ...] = PrivateAttr(default=())
 
     @property
     def warnings(self) -> list[Problem]:
         """Warnings of the cross-field checks (errors raise instead)."""
         return self._warnings
+
+    @property
+    def overrides(self) -> tuple[str, ...]:
+        """The ``-S`` overrides the spec was loaded with, as given (a run records them)."""
+        return self._overrides
 
     def path_of(self, relative: str) -> Path:
         """A path written in the spec, resolved against the spec file's folder."""

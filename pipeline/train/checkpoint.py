@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from pipeline.atomic import replacing
 from pipeline.errors import PipelineError
+from pipeline.run import Run
 from pipeline.spec.spec import Spec
 
 
@@ -31,21 +32,10 @@ def architecture_hash(spec: Spec) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temp file in the same folder, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save(path: Path, spec: Spec, state: dict[str, Any]) -> None:
-    atomic_save({"arch": architecture_hash(spec), "spec_name": spec.name, **state}, path)
+    """``state`` with the architecture's hash, written atomically: never a half-written file."""
+    with replacing(path) as tmp:
+        torch.save({"arch": architecture_hash(spec), "spec_name": spec.name, **state}, tmp)
 
 
 def load(path: Path, spec: Spec | None = None, map_location: str | torch.device = "cpu") -> dict:
@@ -72,3 +62,21 @@ def load(path: Path, spec: Spec | None = None, map_location: str | torch.device 
             "(without --resume) or restore the spec."
         )
     return state
+
+
+def load_trained(
+    spec: Spec,
+    which: str = "best",
+    *,
+    run: Run | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The spec's model with the weights of its run's ``which`` checkpoint (best or last), in
+    eval mode on ``device``, and the checkpoint (epoch, run id ...)."""
+    from pipeline.model.build import build_model
+
+    state = load((run or Run.of(spec)).checkpoint(which), spec, map_location=device)
+    # the checkpoint supersedes pretrained or reused weights: never fetch or read those
+    model = build_model(spec, device=device, load_weights=False)
+    model.load_state_dict(state["model"])
+    return model.eval(), state

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import math
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
+from pipeline import atomic
 from pipeline.spec.spec import Spec
+from pipeline.train.diagnostics import layer_stats
+from pipeline.train.metrics import spec_loss
 
 
 def _plot(
@@ -41,16 +44,17 @@ def _plot(
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic.replacing(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic.write_text(path, buf.getvalue())
 
 
 def _setup(spec: Spec, prepared: Any) -> tuple[Any, Any, Any, torch.device]:
@@ -58,7 +62,6 @@ def _setup(spec: Spec, prepared: Any) -> tuple[Any, Any, Any, torch.device]:
     from pipeline.data.augment import build_augment
     from pipeline.data.loader import BatchLoader
     from pipeline.model.build import build_model
-    from pipeline.train.loop import Trainer
 
     runtime.tune_allocator()
     device = runtime.pick_device(spec.train.device)
@@ -73,8 +76,7 @@ def _setup(spec: Spec, prepared: Any) -> tuple[Any, Any, Any, torch.device]:
         device=device,
         transform=build_augment(spec.augment),
     )
-    loss = Trainer._loss_for(spec)
-    return model, loader, loss, device
+    return model, loader, spec_loss(spec), device
 
 
 def lr_find(
@@ -186,46 +188,3 @@ def diagnose(spec: Spec, prepared: Any) -> list[dict[str, Any]]:
     fraction of dead ReLU units (zero for the whole batch), and the weight-gradient norm."""
     model, loader, loss_fn, _ = _setup(spec, prepared)
     return layer_stats(model, loss_fn, next(iter(loader)))
-
-
-def layer_stats(
-    model: nn.Module, loss_fn: Any, batch: tuple[torch.Tensor, torch.Tensor]
-) -> list[dict[str, Any]]:
-    """One forward/backward of ``batch`` in training mode, recording each top-level layer's
-    output statistics and weight-gradient norm; the model's own gradients are left untouched."""
-    layers = dict(model.named_children())
-    stats: dict[str, dict[str, float]] = {name: {} for name in layers}
-
-    def record(name: str):
-        def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
-            out = out.detach().float()
-            s = stats[name]
-            s["act_mean"] = out.mean().item()
-            s["act_std"] = out.std().item()
-            if (out >= 0).all() and out.dim() >= 2:
-                units = out.transpose(0, 1).reshape(out.shape[1], -1)
-                s["dead_fraction"] = (units.amax(dim=1) <= 0).float().mean().item()
-
-        return hook
-
-    hooks = [m.register_forward_hook(record(name)) for name, m in layers.items()]
-    saved = {p: p.grad for p in model.parameters()}
-    was_training = model.training
-    model.train()
-    try:
-        for p in saved:
-            p.grad = None
-        x, y = batch
-        loss_fn(model(x), y).backward()
-        rows = []
-        for name, module in layers.items():
-            grads = [p.grad for p in module.parameters() if p.grad is not None]
-            norm = torch.stack([g.norm() for g in grads]).norm().item() if grads else None
-            rows.append({"layer": name, **stats[name], "grad_norm": norm})
-    finally:
-        for h in hooks:
-            h.remove()
-        for p, g in saved.items():
-            p.grad = g
-        model.train(was_training)
-    return rows

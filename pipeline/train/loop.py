@@ -1,13 +1,14 @@
-"""``train``: the training loop over the spec's phases, with checkpoints, resume and stopping."""
+"""``train``: the training loop over the spec's phases, with checkpoints, resume and stopping.
+
+Around it: :mod:`pipeline.run` (the run folder, its record and files), :mod:`.live` (dvclive,
+the progress bar), :mod:`.offline` (the offline-augmented set), :mod:`.params` (freezing,
+parameter groups, penalties), :mod:`.diagnostics` (per-layer statistics).
+"""
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
-import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,31 +20,25 @@ from torch import nn
 
 from pipeline import runtime
 from pipeline.errors import PipelineError
+from pipeline.run import Run
 from pipeline.spec.spec import Spec
 from pipeline.spec.train import Phase
 from pipeline.train import checkpoint as ckpt
-from pipeline.train import layers as L
-from pipeline.train.metrics import RunningMetrics, loss_fn
+from pipeline.train import params as P
+from pipeline.train.diagnostics import COLUMNS as DIAGNOSTICS_COLUMNS
+from pipeline.train.diagnostics import layer_stats
+from pipeline.train.live import RUN_COLUMNS, log_live, open_live, progress
+from pipeline.train.metrics import RunningMetrics, spec_loss
 from pipeline.train.optim import build_optimizer, clip_gradients
 from pipeline.train.schedules import LRSchedule
+
+__all__ = ["RUN_COLUMNS", "TrainResult", "Trainer", "TrainingDiverged", "train"]
 
 Log = Callable[[str], None]
 
 
 class TrainingDiverged(PipelineError):
     """The loss or the gradients became NaN/inf; the last good checkpoint is kept."""
-
-
-def run_dir(spec: Spec, root: str | Path | None = None) -> Path:
-    """Where a spec's run writes: ``runs/<name>`` (or $PIPELINE_RUNS_DIR/<name>)."""
-    base = Path(root or os.environ.get("PIPELINE_RUNS_DIR", "runs"))
-    return base / spec.name
-
-
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -81,103 +76,22 @@ def _better(value: float, best: float | None, mode: str, delta: float = 0.0) -> 
     return value < best - delta if mode == "min" else value > best + delta
 
 
-def _progress(loader: Any, label: str) -> Any:
-    """A rich progress bar on a terminal; the plain iterator (per-epoch log lines only) when
-    output goes to a file or CI log."""
-    if not sys.stderr.isatty() or os.environ.get("CI"):
-        return loader
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    def bar() -> Any:
-        columns = (label, BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        with Progress(*columns, transient=True) as progress:
-            yield from progress.track(loader, total=len(loader))
-
-    return bar()
-
-
-def offline_set(spec: Spec, prepared: Any, log: Log) -> tuple[Any, torch.Tensor]:
-    """Offline augmentation: the training images plus ``factor`` augmented copies of each,
-    generated once and stored beside the prepared data (keyed by it and the augment section)."""
-    import hashlib
-
-    import numpy as np
-
-    from pipeline.data.augment import offline_augment
-
-    key = hashlib.sha256(
-        (prepared.root.name + spec.augment.model_dump_json() + str(spec.seed)).encode()
-    ).hexdigest()[:8]
-    folder = prepared.root.parent / f"{prepared.root.name}-offline-{key}"
-    x, y = prepared.split("train")
-    labels = torch.as_tensor(np.asarray(y)).repeat(1 + spec.augment.factor)
-    if (folder / "train_x.npy").is_file():
-        return np.load(folder / "train_x.npy", mmap_mode="r"), labels
-    log(
-        f"offline augmentation: {spec.augment.factor} augmented copies of each of {len(x)} "
-        f"training images, stored in {folder}"
-    )
-    images = offline_augment(torch.as_tensor(np.asarray(x)), spec.augment, spec.seed).numpy()
-    tmp = folder.with_name(folder.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    np.save(tmp / "train_x.npy", images)
-    os.replace(tmp, folder)
-    return images, labels
-
-
-# History columns that describe the run rather than the model (dvclive, the epoch log line and
-# the flows' report show the others).
-RUN_COLUMNS = frozenset({"epoch", "phase", "time_s", "train_images_per_s"})
-
-
-def open_live(folder: Path, history: list[dict[str, Any]]) -> Any:
-    """A dvclive logger writing ``folder``: ``metrics.json`` (the latest epoch) and
-    ``plots/metrics/<name>.tsv`` (a row per epoch), which ``dvc exp show``, ``dvc plots`` and
-    DVC's VS Code extension read while a stage runs. It never writes a dvc.yaml (the train stage
-    declares these files) nor saves an experiment itself, and it starts afresh and replays
-    ``history`` (a resumed run's earlier epochs), so the files always match history.csv."""
-    from dvclive import Live
-
-    class _Live(Live):
-        def _init_dvc(self) -> None:
-            # dvclive opens the DVC repo around the working folder here; in a git repo without
-            # DVC it runs `dvc init` there, and in one without commits it raises. Only inside
-            # `dvc repro` / `dvc exp run` (DVC_ROOT set) is there something to gain from it:
-            # experiment bookkeeping and DVC Studio's live updates.
-            if os.environ.get("DVC_ROOT"):
-                with contextlib.suppress(Exception):
-                    super()._init_dvc()
-
-    live = _Live(dir=str(folder), dvcyaml=None, save_dvc_exp=False, report=None)
-    for row in history:
-        log_live(live, row)
-    return live
-
-
-def log_live(live: Any, row: dict[str, Any]) -> None:
-    """One epoch: its losses, metrics and learning rate, then the next step."""
-    for key, value in row.items():
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if number and key not in RUN_COLUMNS:
-            live.log_metric(key, value)
-    live.next_step()
-
-
 class Trainer:
     """One training run of a spec. ``train()`` is the usual entry point."""
 
-    def __init__(self, spec: Spec, prepared: Any, *, out: Path, log: Log = print) -> None:
+    def __init__(self, spec: Spec, prepared: Any, *, run: Run, log: Log = print) -> None:
         from pipeline.data.augment import build_augment
         from pipeline.data.loader import BatchLoader
         from pipeline.model.build import build_model
+        from pipeline.train.offline import offline_set
 
-        self.spec, self.out, self.log = spec, out, log
+        self.spec, self.run_folder, self.log = spec, run, log
         t = spec.train
         runtime.tune_allocator()
         self.device = runtime.pick_device(t.device)
         runtime.seed_everything(spec.seed, deterministic=t.deterministic)
         self.model = build_model(spec, device=self.device)
-        L.set_trainable(L.select(self.model, t.freeze), False)
+        P.set_trainable(P.select(self.model, t.freeze), False)
         # what each phase starts from: the layers' own trainable flags and train.freeze
         self.base_trainable = {id(p): p.requires_grad for p in self.model.parameters()}
         self.memory_format = runtime.memory_format(self.model, t.channels_last)
@@ -186,8 +100,8 @@ class Trainer:
         self.forward = torch.compile(self.model) if t.compile else self.model
         self.amp = runtime.autocast_dtype(t.precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
-        self.loss = self._loss_for(spec)
-        self.constraints = L.constraints(self.model, spec)
+        self.loss = spec_loss(spec)
+        self.constraints = P.constraints(self.model, spec)
         common = {"device": self.device, "memory_format": self.memory_format}
         if spec.augment.mode == "offline" and spec.augment.transforms:
             x, y = offline_set(spec, prepared, log)
@@ -214,28 +128,20 @@ class Trainer:
             )
         self.monitor, self.monitor_mode = monitor, _mode(monitor, t.checkpoint.mode)
         self.state = State()
-
-    @staticmethod
-    def _loss_for(spec: Spec) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """The spec's loss on logits, for its number of outputs."""
-        from pipeline.spec.shapes import infer_shapes
-
-        shape = spec.model.resolved_input_shape()
-        outputs = infer_shapes(spec.model.layers, shape, ())[-1][0]  # type: ignore[arg-type]
-        return loss_fn(spec.train.loss, outputs, spec.train.label_smoothing)
+        self.run_id: str | None = None
 
     # ---- phases ------------------------------------------------------------------------
 
     def _enter(self, phase: Phase) -> tuple[torch.optim.Optimizer, LRSchedule]:
         for p in self.model.parameters():
             p.requires_grad_(self.base_trainable[id(p)])
-        L.set_trainable(L.select(self.model, phase.freeze), False)
-        L.set_trainable(L.select(self.model, phase.unfreeze), True)
+        P.set_trainable(P.select(self.model, phase.freeze), False)
+        P.set_trainable(P.select(self.model, phase.unfreeze), True)
         opt_spec = phase.optimizer or self.spec.optimizer
         if phase.lr is not None:
             opt_spec = opt_spec.model_copy(update={"lr": phase.lr})
         self.opt_spec = opt_spec
-        optimizer = build_optimizer(opt_spec, L.param_groups(self.model, opt_spec))
+        optimizer = build_optimizer(opt_spec, P.param_groups(self.model, opt_spec))
         schedule = LRSchedule(
             phase.schedule or self.spec.schedule,
             optimizer,
@@ -261,12 +167,12 @@ class Trainer:
             if self.amp
             else contextlib.nullcontext()
         )
-        for step, (x, y) in enumerate(_progress(self.train_loader, f"epoch {epoch + 1}")):
+        for step, (x, y) in enumerate(progress(self.train_loader, f"epoch {epoch + 1}")):
             with autocast:
                 logits = self.forward(x)
                 loss = self.loss(logits, y)
             total = loss
-            reg = L.penalty(self.constraints)
+            reg = P.penalty(self.constraints)
             if reg is not None:
                 total = loss + reg
                 reg_total += reg.detach()
@@ -277,7 +183,7 @@ class Trainer:
                 clip_gradients(self.opt_spec, params)
             self.scaler.step(optimizer)
             self.scaler.update()
-            L.apply_max_norm(self.constraints)
+            P.apply_max_norm(self.constraints)
             schedule.after_step()
             metrics.update(logits.float(), y, loss.float())
             bad |= ~torch.isfinite(loss.detach())
@@ -314,7 +220,7 @@ class Trainer:
 
     def _save(self, name: str, optimizer: Any, schedule: Any, phase_index: int) -> None:
         s = self.state
-        ckpt.save(self.out / "checkpoints" / f"{name}.pt", self.spec, {
+        ckpt.save(self.run_folder.checkpoint(name), self.spec, {
             "model": self.model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(),
@@ -323,32 +229,24 @@ class Trainer:
             "history": json.dumps(s.history),
             "best": s.best, "best_epoch": s.best_epoch, "stale": s.stale,
             "rng": torch.get_rng_state(),
+            "run_id": self.run_id,
         })  # fmt: skip
 
     def _write_history(self) -> None:
-        rows = self.state.history
-        if not rows:
-            return
-        columns = list(dict.fromkeys(k for row in rows for k in row))
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write(self.out / "history.csv", buf.getvalue())
+        if self.state.history:
+            self.run_folder.write_csv(self.run_folder.history, self.state.history)
 
     # ---- the run ------------------------------------------------------------------------
 
     def run(self, *, resume: bool = False) -> TrainResult:
-        self.out.mkdir(parents=True, exist_ok=True)
+        run = self.run_folder
         t = self.spec.train
         es = t.early_stopping
         es_mode = _mode(es.monitor, es.mode) if es else "min"
         es_best: float | None = None
         start_phase, resume_state = 0, None
-        if resume and (self.out / "checkpoints" / "last.pt").is_file():
-            resume_state = ckpt.load(
-                self.out / "checkpoints" / "last.pt", self.spec, map_location=self.device
-            )
+        if resume and run.checkpoint("last").is_file():
+            resume_state = ckpt.load(run.checkpoint("last"), self.spec, map_location=self.device)
             self.model.load_state_dict(resume_state["model"])
             s = self.state
             s.epoch, s.best, s.best_epoch, s.stale = (
@@ -361,7 +259,15 @@ class Trainer:
             start_phase = resume_state["phase"]
             torch.set_rng_state(resume_state["rng"].cpu())
             self.log(f"resuming {self.spec.name} after epoch {s.epoch}")
-        self.live = open_live(self.out / "live", self.state.history)
+        record = run.start(
+            self.spec,
+            resume=resume_state is not None,
+            device=runtime.describe_device(self.device),
+            run_id=resume_state.get("run_id") if resume_state is not None else None,
+            log=self.log,
+        )
+        self.run_id = record["id"]
+        self.live = open_live(run.live, self.state.history)
         phases = _phases(self.spec)
         phase_start = sum(p.epochs for p in phases[:start_phase])
         for index in range(start_phase, len(phases)):
@@ -388,14 +294,14 @@ class Trainer:
         self.live.end()  # each epoch's files are already written (next_step); end() closes
         if self.state.stopped:
             self.log(self.state.stopped)
-        best_path = self.out / "checkpoints" / "best.pt"
+        best_path = run.checkpoint("best")
         if es is not None and es.restore_best and best_path.is_file():
             self.model.load_state_dict(
                 ckpt.load(best_path, self.spec, map_location=self.device)["model"]
             )
         self._write_summary()
         return TrainResult(
-            self.model, self.state.history, self.state.best_epoch, self.state.stopped, self.out
+            self.model, self.state.history, self.state.best_epoch, self.state.stopped, run.dir
         )
 
     def _epoch(
@@ -445,23 +351,18 @@ class Trainer:
     def _diagnostics(self, epoch: int) -> None:
         """Per-layer activation/gradient statistics on one training batch, appended to
         diagnostics.csv (the seeds' vanishing/exploding-gradient and dead-ReLU checks)."""
-        from pipeline.train.explore import layer_stats
-
         rows = layer_stats(self.model, self.loss, next(iter(self.train_loader)))
-        path = self.out / "diagnostics.csv"
-        new = not path.is_file() or epoch == 0
-        with path.open("w" if new else "a", newline="") as f:
-            writer = csv.DictWriter(
-                f,
-                fieldnames=["epoch", "layer", "act_mean", "act_std", "dead_fraction", "grad_norm"],
-            )
-            if new:
-                writer.writeheader()
-            writer.writerows({"epoch": epoch + 1, **r} for r in rows)
+        self.run_folder.write_csv(
+            self.run_folder.diagnostics,
+            ({"epoch": epoch + 1, **r} for r in rows),
+            columns=DIAGNOSTICS_COLUMNS,
+            append=epoch > 0,
+        )
 
     def _write_summary(self) -> None:
         s = self.state
         summary = {
+            "run_id": self.run_id,
             "epochs": s.epoch,
             "best_epoch": s.best_epoch,
             "monitor": self.monitor,
@@ -471,7 +372,7 @@ class Trainer:
         }
         if s.history:
             summary["last"] = s.history[-1]
-        atomic_write(self.out / "train.json", json.dumps(summary, indent=2) + "\n")
+        self.run_folder.write_json(self.run_folder.summary, summary)
 
 
 def train(
@@ -483,10 +384,12 @@ def train(
     log: Log = print,
 ) -> TrainResult:
     """Train the spec's model on its prepared data; writes checkpoints and history under
-    ``runs/<name>``. Raises TrainingDiverged with a clear message on NaN/inf."""
+    ``runs/<name>`` (or ``out``), first recording the run (:meth:`Run.start`: a fresh run
+    replaces the folder's earlier one). Raises TrainingDiverged with a clear message on
+    NaN/inf."""
     from pipeline.data.prepare import prepare
 
     if prepared is None:
         prepared = prepare(spec)  # a no-op when the data section was prepared already
-    trainer = Trainer(spec, prepared, out=out or run_dir(spec), log=log)
+    trainer = Trainer(spec, prepared, run=Run(out) if out else Run.of(spec), log=log)
     return trainer.run(resume=resume)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
 from pipeline.errors import ConfigurationError
+from pipeline.spec.spec import Spec
 
 
 def loss_fn(kind: str, outputs: int, label_smoothing: float):
@@ -71,3 +74,12 @@ class RunningMetrics:
         for k, hits in zip(self.top_k, self.topk.tolist(), strict=True):
             out[f"{prefix}top{k}_accuracy"] = hits / n
         return out
+
+
+def spec_loss(spec: Spec) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The spec's loss on logits, for its number of outputs."""
+    from pipeline.spec.shapes import infer_shapes
+
+    shape = spec.model.resolved_input_shape()
+    outputs = infer_shapes(spec.model.layers, shape, ())[-1][0]  # type: ignore[arg-type]
+    return loss_fn(spec.train.loss, outputs, spec.train.label_smoothing)

@@ -1,4 +1,4 @@
-"""Layer-level training controls: freezing by selector, parameter groups, L1/L2, max-norm."""
+"""Which parameters train and how: freezing by selector, parameter groups, L1/L2, max-norm."""
 
 from __future__ import annotations
 

@@ -1,0 +1,54 @@
+"""Per-layer activation and gradient statistics: vanishing/exploding gradients, dead ReLUs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+# a row per layer and epoch in a run's diagnostics file
+COLUMNS = ("epoch", "layer", "act_mean", "act_std", "dead_fraction", "grad_norm")
+
+
+def layer_stats(
+    model: nn.Module, loss_fn: Any, batch: tuple[torch.Tensor, torch.Tensor]
+) -> list[dict[str, Any]]:
+    """One forward/backward of ``batch`` in training mode, recording each top-level layer's
+    output statistics and weight-gradient norm; the model's own gradients are left untouched."""
+    layers = dict(model.named_children())
+    stats: dict[str, dict[str, float]] = {name: {} for name in layers}
+
+    def record(name: str):
+        def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+            out = out.detach().float()
+            s = stats[name]
+            s["act_mean"] = out.mean().item()
+            s["act_std"] = out.std().item()
+            if (out >= 0).all() and out.dim() >= 2:
+                units = out.transpose(0, 1).reshape(out.shape[1], -1)
+                s["dead_fraction"] = (units.amax(dim=1) <= 0).float().mean().item()
+
+        return hook
+
+    hooks = [m.register_forward_hook(record(name)) for name, m in layers.items()]
+    saved = {p: p.grad for p in model.parameters()}
+    was_training = model.training
+    model.train()
+    try:
+        for p in saved:
+            p.grad = None
+        x, y = batch
+        loss_fn(model(x), y).backward()
+        rows = []
+        for name, module in layers.items():
+            grads = [p.grad for p in module.parameters() if p.grad is not None]
+            norm = torch.stack([g.norm() for g in grads]).norm().item() if grads else None
+            rows.append({"layer": name, **stats[name], "grad_norm": norm})
+    finally:
+        for h in hooks:
+            h.remove()
+        for p, g in saved.items():
+            p.grad = g
+        model.train(was_training)
+    return rows

@@ -116,11 +116,11 @@ def _fold_sequence(seq: nn.Module, prefix: str, folded: list[str]) -> None:
 
 def _sequential_forwards() -> tuple[Any, ...]:
     """Sequentials of the pipeline whose forward is still a chain of the children."""
-    from pipeline.model.build import SpecModel
+    from pipeline.model.build import Network
     from pipeline.model.modules import Reused
 
     # Reused applies its final activation after the whole chain: pairs inside still fold.
-    return (SpecModel.forward, Reused.forward)
+    return (Network.forward, Reused.forward)
 
 
 def fold_batch_norm(model: nn.Module) -> tuple[nn.Module, list[str]]:

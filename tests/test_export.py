@@ -18,7 +18,7 @@ from pipeline.export import (
     fold_report,
     read_metadata,
 )
-from pipeline.model.build import SpecModel, build_model
+from pipeline.model.build import Network, build_model
 from pipeline.spec import load_spec_text
 
 SPEC = """\
@@ -55,7 +55,7 @@ META = {
 }
 
 
-def build(layers: str = MIXED) -> SpecModel:
+def build(layers: str = MIXED) -> Network:
     model = build_model(spec_of(layers), load_weights=False)
     randomize_batch_norms(model)
     return model.eval()

@@ -11,6 +11,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from pipeline.spec.base import LAYERS, LayerKind
+from pipeline.spec.composite import Block
 from pipeline.spec.errors import PathPart, Problem, did_you_mean
 
 
@@ -166,6 +168,13 @@ def _block_body(
     return _substitute(block["layers"], values, [], path, name)
 
 
+def _kind(layer: Mapping) -> type[LayerKind] | None:
+    """The schema class a raw layer's ``type`` names; None for a missing or unknown one (the
+    schema reports it)."""
+    name = layer.get("type")
+    return LAYERS.kinds.get(name) if isinstance(name, str) else None  # type: ignore[return-value]
+
+
 def _expand(
     layers: list,
     blocks: Mapping,
@@ -184,19 +193,19 @@ def _expand(
             if marks_out is not None:
                 marks_out.append(mark)
             continue
-        if layer.get("type") == "block":
+        kind = _kind(layer)
+        if kind is Block:
             for item in _block_items(layer, blocks, defaults, problems, (*path, i), stack):
                 out.append(item)
                 if marks_out is not None:
                     marks_out.append(mark)
             continue
-        kind_defaults = defaults.get(layer.get("type"))
+        kind_defaults = defaults.get(kind.type_name) if kind is not None else None
         item = under(kind_defaults, layer) if isinstance(kind_defaults, Mapping) else layer
-        if isinstance(item.get("layers"), list):  # residual: expand its branch too
-            item = copy.copy(item)
-            item["layers"] = _expand(
-                item["layers"], blocks, defaults, problems, (*path, i, "layers"), stack
-            )
+        for key in kind.child_keys if kind is not None else ():  # a residual's branch, ...
+            if isinstance(item.get(key), list):
+                item = copy.copy(item)
+                item[key] = _expand(item[key], blocks, defaults, problems, (*path, i, key), stack)
         out.append(item)
         if marks_out is not None:
             marks_out.append(mark)

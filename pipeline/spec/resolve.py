@@ -255,10 +255,23 @@ def _block_items(
     items = []
     for r in range(1, repeat + 1):
         inner = _expand(body, blocks, defaults, problems, path, (*stack, name))
-        for layer in inner:
-            if isinstance(layer, Mapping) and layer.get("name"):
-                tag = f"{prefix}{r}" if repeat > 1 else prefix
-                layer = copy.copy(layer)
-                layer["name"] = f"{tag}_{layer['name']}"
-            items.append(layer)
+        tag = f"{prefix}{r}" if repeat > 1 else prefix
+        items += [_prefixed(layer, tag) for layer in inner]
     return items
+
+
+def _prefixed(layer: Any, tag: str) -> Any:
+    """``layer`` with its explicit name prefixed by ``tag`` (the block reference's name,
+    numbered when repeated), and so the names of the layers nested in it: repeats never
+    collide, however deep a named layer sits."""
+    if not isinstance(layer, Mapping):
+        return layer
+    out = copy.copy(layer)
+    if layer.get("name"):
+        out["name"] = f"{tag}_{layer['name']}"
+    kind = _kind(layer)
+    for key in kind.child_keys if kind is not None else ():
+        if isinstance(layer.get(key), list):
+            out[key] = copy.copy(layer[key])  # keeps the list's marks
+            out[key][:] = [_prefixed(child, tag) for child in layer[key]]
+    return out

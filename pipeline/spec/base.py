@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Annotated, Any, ClassVar, Union
+from typing import Annotated, Any, ClassVar, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.spec.errors import PathPart, did_you_mean
+from pipeline.spec.errors import PathPart
 
 Shape = tuple[int, ...]
 """Channels-first, without the batch axis: ``(C, H, W)`` for feature maps, ``(F,)`` for flat
@@ -54,6 +54,9 @@ class LayerKind(Kind):
             yield key, getattr(self, key)
 
 
+K = TypeVar("K", bound=type[Kind])
+
+
 class Kinds:
     """Maps the ``type`` names of one group (layers, optimizers, ...) to their schema classes."""
 
@@ -61,12 +64,13 @@ class Kinds:
         self.group = group
         self.kinds: dict[str, type[Kind]] = {}
 
-    def register(self, cls: type[Kind]) -> type[Kind]:
+    def register(self, cls: K) -> K:
+        """``@KINDS.register``: add a schema class under its ``type`` default."""
         name = cls.model_fields["type"].default
         if not isinstance(name, str):
             raise TypeError(f"{cls.__name__}.type needs a default literal name")
         if name in self.kinds:
-            raise ValueError(f"{self.group} kind '{name}' is registered twice")
+            raise TypeError(f"{self.group} kind '{name}' is registered twice")
         cls.type_name = name
         self.kinds[name] = cls
         return cls
@@ -83,9 +87,6 @@ class Kinds:
             Union[members],  # noqa: UP007 - built from a runtime tuple
             Field(discriminator="type"),
         ]
-
-    def suggest(self, name: str, synonyms: dict[str, str] | None = None) -> str:
-        return did_you_mean(name, self.kinds, synonyms)
 
 
 LAYERS = Kinds("layer")

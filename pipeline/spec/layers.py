@@ -156,7 +156,7 @@ class Pool2D(LayerBase):
     padding: Padding = "valid"
 
     def output_shape(self, shape: Shape) -> Shape:
-        c, h, w = need_map(self.type, shape)  # type: ignore[attr-defined]
+        c, h, w = need_map(self.type_name, shape)
         (kh, kw) = pair(self.pool_size)
         (sh, sw) = pair(self.stride) if self.stride is not None else (kh, kw)
         ph, pw = _pads(self.padding)
@@ -199,7 +199,7 @@ class AdaptivePool2D(LayerBase):
     """Fixed output height and width whatever the input size (ROI-pooling style)."""
 
     def output_shape(self, shape: Shape) -> Shape:
-        c, _, _ = need_map(self.type, shape)  # type: ignore[attr-defined]
+        c, _, _ = need_map(self.type_name, shape)
         return (c, *pair(self.output_size))
 
 
@@ -215,7 +215,7 @@ class AdaptiveMaxPool2D(AdaptivePool2D):
 
 class GlobalPool2D(LayerBase):
     def output_shape(self, shape: Shape) -> Shape:
-        c, _, _ = need_map(self.type, shape)  # type: ignore[attr-defined]
+        c, _, _ = need_map(self.type_name, shape)
         return (c,)
 
 

@@ -15,8 +15,8 @@ from pipeline.model.layers import batch_norm
 from pipeline.model.modules import ResidualBlock, Reused
 from pipeline.model.registry import LAYER_BUILDERS, BuildContext, LayerContext, build_sequence
 from pipeline.model.weights import load_into, read_state_dict
+from pipeline.spec.base import Shape
 from pipeline.spec.composite import Residual, Reuse
-from pipeline.spec.layers import Shape
 
 
 @LAYER_BUILDERS.register(Residual)

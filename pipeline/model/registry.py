@@ -18,9 +18,8 @@ from torch import nn
 
 from pipeline.model.errors import ModelBuildError
 from pipeline.registry import Builders
-from pipeline.spec.base import LAYERS
+from pipeline.spec.base import LAYERS, Shape
 from pipeline.spec.errors import PathPart
-from pipeline.spec.layers import Shape
 from pipeline.spec.shapes import infer_shapes
 from pipeline.spec.spec import Spec
 

@@ -20,11 +20,9 @@ from torch import nn
 from pipeline.model.build import build_model
 from pipeline.model.modules import Composite
 from pipeline.model.trace import meta_forward
-from pipeline.spec.base import LayerKind
+from pipeline.spec.base import LayerKind, Shape
 from pipeline.spec.composite import Backbone, Reuse
 from pipeline.spec.spec import Spec
-
-Shape = tuple[int, ...]
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,7 @@ class Builders(Generic[F]):
             classes = ", ".join(f"{self.kinds.kinds[n].__name__} ({n})" for n in missing)
             raise TypeError(
                 f"no {self.what} builder for the spec's {self.kinds.group} kinds {classes}: "
-                "decorate one with <table>.register(<class>)"
+                "register a builder for each with @<its table>.register(<class>)"
             )
 
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from pipeline.model.errors import ModelBuildError
 from pipeline.registry import Builders
-from pipeline.spec import init as I
+from pipeline.spec import init as spec_init
 from pipeline.spec.base import INITIALIZERS
 
 Initializer = Callable[[Any, torch.Tensor, torch.Generator], None]
@@ -58,46 +58,48 @@ DISTRIBUTIONS: dict[str, Callable[[torch.Tensor, float, torch.Generator], None]]
 }
 
 
-@INITIALIZER_BUILDERS.register(I.VarianceScaling)
-def _variance_scaling(init: I.VarianceScaling, t: torch.Tensor, g: torch.Generator) -> None:
+@INITIALIZER_BUILDERS.register(spec_init.VarianceScaling)
+def _variance_scaling(init: spec_init.VarianceScaling, t: torch.Tensor, g: torch.Generator) -> None:
     fan_in, fan_out = fans(t)
     fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[init.mode]
     DISTRIBUTIONS[init.distribution](t, init.scale / max(1.0, fan), g)
 
 
-@INITIALIZER_BUILDERS.register(I.Orthogonal)
-def _orthogonal(init: I.Orthogonal, t: torch.Tensor, g: torch.Generator) -> None:
+@INITIALIZER_BUILDERS.register(spec_init.Orthogonal)
+def _orthogonal(init: spec_init.Orthogonal, t: torch.Tensor, g: torch.Generator) -> None:
     if t.dim() < 2:
         raise ModelBuildError("orthogonal initialization needs a matrix; it cannot init biases")
     nn.init.orthogonal_(t, gain=init.gain, generator=g)
 
 
-@INITIALIZER_BUILDERS.register(I.Constant)
-def _constant(init: I.Constant, t: torch.Tensor, g: torch.Generator) -> None:
+@INITIALIZER_BUILDERS.register(spec_init.Constant)
+def _constant(init: spec_init.Constant, t: torch.Tensor, g: torch.Generator) -> None:
     t.fill_(init.value)
 
 
-@INITIALIZER_BUILDERS.register(I.Normal)
-def _plain_normal(init: I.Normal, t: torch.Tensor, g: torch.Generator) -> None:
+@INITIALIZER_BUILDERS.register(spec_init.Normal)
+def _plain_normal(init: spec_init.Normal, t: torch.Tensor, g: torch.Generator) -> None:
     t.normal_(init.mean, init.std, generator=g)
 
 
-@INITIALIZER_BUILDERS.register(I.Uniform)
-def _plain_uniform(init: I.Uniform, t: torch.Tensor, g: torch.Generator) -> None:
+@INITIALIZER_BUILDERS.register(spec_init.Uniform)
+def _plain_uniform(init: spec_init.Uniform, t: torch.Tensor, g: torch.Generator) -> None:
     t.uniform_(init.low, init.high, generator=g)
 
 
-@INITIALIZER_BUILDERS.register(I.TorchDefault)
-def _torch_default(init: I.TorchDefault, t: torch.Tensor, g: torch.Generator) -> None:
+@INITIALIZER_BUILDERS.register(spec_init.TorchDefault)
+def _torch_default(init: spec_init.TorchDefault, t: torch.Tensor, g: torch.Generator) -> None:
     """Keep what the module's constructor drew."""
 
 
 INITIALIZER_BUILDERS.check_complete()
 
 
-def apply_init(value: str | I.InitBase, tensor: torch.Tensor, generator: torch.Generator) -> None:
+def apply_init(
+    value: str | spec_init.InitBase, tensor: torch.Tensor, generator: torch.Generator
+) -> None:
     """Fill ``tensor`` in place with the initializer given by preset name or model."""
-    init = I.init_model(value)
+    init = spec_init.init_model(value)
     fn = INITIALIZER_BUILDERS[init]
     if tensor.is_meta:  # shapes only: nothing to fill
         return

@@ -1,17 +1,20 @@
 """What each spec kind is built into: a table keyed by the kind's schema class.
 
 The spec package names every kind once, in its schema class (``type: Literal["conv2d"]``,
-registered in a ``pipeline.spec.base.Registry``). The torch side never repeats that name: a
-builder is registered for the schema class itself, and the table checks, when the module that
-fills it is imported, that every kind of the spec registry has a builder. A kind added to the
-schema without a builder fails at import, naming it, not in the middle of a run::
+registered in a :class:`pipeline.spec.base.Kinds` such as ``LAYERS``). The torch side never
+repeats that name: a builder is registered for the schema class itself, and the table checks,
+when the module that fills it is imported, that every kind of the spec registry has a builder.
+A kind added to the schema without a builder fails at import, naming it, not in the middle of a
+run::
 
-    BUILDERS: Builders[Builder] = Builders(LAYERS, "layer")
+    LAYER_BUILDERS: Builders[LayerBuilder] = Builders(LAYERS, "layer")
 
-    @BUILDERS.register(Conv2d)
-    def _conv2d(layer: Conv2d, ctx: LayerContext) -> nn.Module: ...
+    @LAYER_BUILDERS.register(Conv2D)
+    def _conv2d(layer: Conv2D, ctx: LayerContext) -> nn.Module: ...
 
-    BUILDERS.check_complete()  # at the end of the module(s) that register
+    LAYER_BUILDERS.check_complete()  # at the end of the module(s) that register
+
+Kinds the loader expands away (``Kind.expanded_on_load``: a block reference) need no builder.
 """
 
 from __future__ import annotations
@@ -19,8 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-from pipeline.spec.base import Kind
-from pipeline.spec.base import Registry as Kinds
+from pipeline.spec.base import Kind, Kinds
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -62,15 +64,20 @@ class Builders(Generic[F]):
         return iter(self._table)
 
     def missing(self) -> list[str]:
-        """The ``type`` names of spec kinds with no builder."""
-        return sorted(n for n, cls in self.kinds.kinds.items() if cls not in self._table)
+        """The ``type`` names of spec kinds with no builder (kinds expanded on load need none)."""
+        return sorted(
+            name
+            for name, cls in self.kinds.kinds.items()
+            if cls not in self._table and not cls.expanded_on_load
+        )
 
     def check_complete(self) -> None:
         """Raise TypeError naming every spec kind that has no builder."""
         if missing := self.missing():
+            classes = ", ".join(f"{self.kinds.kinds[n].__name__} ({n})" for n in missing)
             raise TypeError(
-                f"no {self.what} builder for the spec's {self.kinds.group} kinds "
-                f"{', '.join(missing)}: register one with @{self.what.upper()}S.register(<class>)"
+                f"no {self.what} builder for the spec's {self.kinds.group} kinds {classes}: "
+                "register a builder for each with @<its table>.register(<class>)"
             )
 
 

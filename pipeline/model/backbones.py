@@ -21,7 +21,7 @@ from torch import nn
 
 from pipeline.model.errors import ModelBuildError
 from pipeline.model.modules import BackboneNet
-from pipeline.model.registry import BuildContext, LayerContext, builder
+from pipeline.model.registry import LAYER_BUILDERS, BuildContext, LayerContext
 from pipeline.model.weights import load_into, read_state_dict
 from pipeline.spec.composite import ARCHS, Backbone, WeightsFile
 
@@ -92,7 +92,7 @@ FAMILIES: dict[str, Family] = {
 }
 
 
-@builder("backbone")
+@LAYER_BUILDERS.register(Backbone)
 def _backbone(layer: Backbone, ctx: LayerContext) -> nn.Module:
     build = ctx.build
     family = FAMILIES[layer.arch]

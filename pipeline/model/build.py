@@ -1,22 +1,20 @@
-"""``build_model``: a validated spec -> a torch module whose forward returns logits."""
+"""``build_model``: a validated spec -> a torch module whose forward returns logits.
+
+The builders it dispatches to are registered by the modules ``pipeline.model`` imports (and
+checks complete) before anything here can run.
+"""
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
 from contextlib import nullcontext
 from typing import Any
 
 import torch
 from torch import nn
 
-# the builder modules register their layer kinds on import
-import pipeline.model.activations
-import pipeline.model.backbones
-import pipeline.model.composite
-import pipeline.model.layers  # noqa: F401
 from pipeline.model.errors import ModelBuildError
-from pipeline.model.modules import PROBABILITIES, BackboneNet, ResidualBlock, Reused
+from pipeline.model.modules import PROBABILITIES, Reused, inner_layers
 from pipeline.model.registry import BuildContext, build_sequence
 from pipeline.model.trace import assert_shapes
 from pipeline.spec.activations import Linear, activation_model
@@ -25,7 +23,7 @@ from pipeline.spec.shapes import LayerShapeError, named_layers
 from pipeline.spec.spec import Spec
 
 
-class SpecModel(nn.Sequential):
+class Network(nn.Sequential):
     """The spec's network: one child per top-level layer, named as the spec names it
     (``conv2d_1``), so ``get_submodule`` and state-dict keys follow the spec.
 
@@ -47,7 +45,7 @@ class SpecModel(nn.Sequential):
         kind = self.output_activation or ("sigmoid" if logits.shape[1] == 1 else "softmax")
         return PROBABILITIES[kind](logits)
 
-    def train(self, mode: bool = True) -> SpecModel:
+    def train(self, mode: bool = True) -> Network:
         """As nn.Module.train, but a batch norm whose parameters are all frozen stays in
         inference mode (Keras's ``trainable=False``): fine-tuning must not drift its
         statistics. Follows requires_grad, so unfreezing later takes effect on the next call."""
@@ -69,25 +67,9 @@ class SpecModel(nn.Sequential):
         out: OrderedDict[str, nn.Module] = OrderedDict()
         for name, module in self.named_children():
             out[name] = module
-            for nested_name, nested in _nested(name, module):
+            for nested_name, nested in inner_layers(name, module):
                 out.setdefault(nested_name, nested)  # a spec layer's own name wins
         return out
-
-
-def _nested(name: str, module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    if isinstance(module, ResidualBlock):
-        for child_name, child in module.branch.named_children():
-            yield child_name, child
-            yield from _nested(child_name, child)
-    elif isinstance(module, Reused):  # prefixed: its names come from another spec
-        for child_name, child in module.named_children():
-            yield f"{name}.{child_name}", child
-            for sub, m in _nested(child_name, child):
-                yield f"{name}.{sub}", m
-    elif isinstance(module, BackboneNet):  # bare too, as freeze selectors may name them
-        for child_name, child in module.named_children():
-            yield f"{name}.{child_name}", child
-            yield child_name, child
 
 
 def split_output_activation(layers: list[Any]) -> tuple[list[Any], str | None]:
@@ -108,7 +90,7 @@ def split_output_activation(layers: list[Any]) -> tuple[list[Any], str | None]:
 
 def build_model(
     spec: Spec, *, device: str | torch.device = "cpu", load_weights: bool = True
-) -> SpecModel:
+) -> Network:
     """Build the spec's model, initialized from ``spec.seed`` (the same spec gives the same
     weights), then check every layer's output shape against the schema.
 
@@ -145,6 +127,6 @@ def build_model(
     if output_activation is None and isinstance(last, Reused) and last.final_activation:
         # a whole reused model ends this one: its softmax/sigmoid becomes the output activation
         output_activation, last.final_activation = last.final_activation, None
-    model = SpecModel(modules, output_activation, spec.name)
+    model = Network(modules, output_activation, spec.name)
     assert_shapes(model, spec)
     return model if meta else model.to(device)

@@ -8,17 +8,18 @@ from pathlib import Path
 from torch import nn
 
 from pipeline.model.activations import activation_module
+from pipeline.model.build import build_model
 from pipeline.model.errors import ModelBuildError
 from pipeline.model.init import apply_init
 from pipeline.model.layers import batch_norm
 from pipeline.model.modules import ResidualBlock, Reused
-from pipeline.model.registry import BuildContext, LayerContext, build_sequence, builder
+from pipeline.model.registry import LAYER_BUILDERS, BuildContext, LayerContext, build_sequence
 from pipeline.model.weights import load_into, read_state_dict
+from pipeline.spec.base import Shape
 from pipeline.spec.composite import Residual, Reuse
-from pipeline.spec.layers import Shape
 
 
-@builder("residual")
+@LAYER_BUILDERS.register(Residual)
 def _residual(layer: Residual, ctx: LayerContext) -> nn.Module:
     branch, out = build_sequence(layer.layers, ctx.in_shape, ctx.build, (*ctx.path, "layers"))
     shortcut = (
@@ -49,10 +50,8 @@ def default_checkpoint(source_name: str) -> Path:
     return Run.named(source_name).checkpoint("best")
 
 
-@builder("reuse")
+@LAYER_BUILDERS.register(Reuse)
 def _reuse(layer: Reuse, ctx: LayerContext) -> nn.Module:
-    from pipeline.model.build import build_model  # build imports this module to register it
-
     build = ctx.build
     source = layer._source
     if source is None:

@@ -1,4 +1,4 @@
-"""Weight initialization: one function per initializer ``type``, fans computed as Keras does.
+"""Weight initialization: one function per initializer kind, fans computed as Keras does.
 
 Only conv2d and dense layers built from the spec (and residual projections) are initialized
 here; backbones and reused layers keep the weights they come with.
@@ -14,18 +14,17 @@ import torch
 from torch import nn
 
 from pipeline.model.errors import ModelBuildError
-from pipeline.registry import Registry
-from pipeline.spec.init import InitBase, init_model
+from pipeline.registry import Builders
+from pipeline.spec import init as spec_init
+from pipeline.spec.base import INITIALIZERS
 
 Initializer = Callable[[Any, torch.Tensor, torch.Generator], None]
-INITIALIZERS: Registry[Initializer] = Registry("initializer")
+INITIALIZER_BUILDERS: Builders[Initializer] = Builders(INITIALIZERS, "initializer")
+"""Initializer schema class -> ``(initializer, tensor, generator) -> None``, filling in place."""
 
 # Keras's truncated normal: the std of a unit normal cut at +-2 is this, so dividing by it keeps
 # the variance at scale/fan after truncation.
 TRUNCATED_STD = 0.87962566103423978
-
-
-initializer = INITIALIZERS.register
 
 
 def fans(tensor: torch.Tensor) -> tuple[int, int]:
@@ -59,46 +58,49 @@ DISTRIBUTIONS: dict[str, Callable[[torch.Tensor, float, torch.Generator], None]]
 }
 
 
-@initializer("variance_scaling")
-def _variance_scaling(init: Any, t: torch.Tensor, g: torch.Generator) -> None:
+@INITIALIZER_BUILDERS.register(spec_init.VarianceScaling)
+def _variance_scaling(init: spec_init.VarianceScaling, t: torch.Tensor, g: torch.Generator) -> None:
     fan_in, fan_out = fans(t)
     fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[init.mode]
     DISTRIBUTIONS[init.distribution](t, init.scale / max(1.0, fan), g)
 
 
-@initializer("orthogonal")
-def _orthogonal(init: Any, t: torch.Tensor, g: torch.Generator) -> None:
+@INITIALIZER_BUILDERS.register(spec_init.Orthogonal)
+def _orthogonal(init: spec_init.Orthogonal, t: torch.Tensor, g: torch.Generator) -> None:
     if t.dim() < 2:
         raise ModelBuildError("orthogonal initialization needs a matrix; it cannot init biases")
     nn.init.orthogonal_(t, gain=init.gain, generator=g)
 
 
-@initializer("constant")
-def _constant(init: Any, t: torch.Tensor, g: torch.Generator) -> None:
+@INITIALIZER_BUILDERS.register(spec_init.Constant)
+def _constant(init: spec_init.Constant, t: torch.Tensor, g: torch.Generator) -> None:
     t.fill_(init.value)
 
 
-@initializer("normal")
-def _plain_normal(init: Any, t: torch.Tensor, g: torch.Generator) -> None:
+@INITIALIZER_BUILDERS.register(spec_init.Normal)
+def _plain_normal(init: spec_init.Normal, t: torch.Tensor, g: torch.Generator) -> None:
     t.normal_(init.mean, init.std, generator=g)
 
 
-@initializer("uniform")
-def _plain_uniform(init: Any, t: torch.Tensor, g: torch.Generator) -> None:
+@INITIALIZER_BUILDERS.register(spec_init.Uniform)
+def _plain_uniform(init: spec_init.Uniform, t: torch.Tensor, g: torch.Generator) -> None:
     t.uniform_(init.low, init.high, generator=g)
 
 
-@initializer("torch_default")
-def _torch_default(init: Any, t: torch.Tensor, g: torch.Generator) -> None:
+@INITIALIZER_BUILDERS.register(spec_init.TorchDefault)
+def _torch_default(init: spec_init.TorchDefault, t: torch.Tensor, g: torch.Generator) -> None:
     """Keep what the module's constructor drew."""
 
 
-def apply_init(value: str | InitBase, tensor: torch.Tensor, generator: torch.Generator) -> None:
+INITIALIZER_BUILDERS.check_complete()
+
+
+def apply_init(
+    value: str | spec_init.InitBase, tensor: torch.Tensor, generator: torch.Generator
+) -> None:
     """Fill ``tensor`` in place with the initializer given by preset name or model."""
-    init = init_model(value)
-    fn = INITIALIZERS.get(init.type)
-    if fn is None:
-        raise ModelBuildError(f"no initializer for type {init.type!r}")
+    init = spec_init.init_model(value)
+    fn = INITIALIZER_BUILDERS[init]
     if tensor.is_meta:  # shapes only: nothing to fill
         return
     with torch.no_grad():

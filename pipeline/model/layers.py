@@ -10,7 +10,7 @@ from torch import nn
 from pipeline.model import modules as M
 from pipeline.model.activations import activation_module
 from pipeline.model.init import init_weighted
-from pipeline.model.registry import LayerContext, builder
+from pipeline.model.registry import LAYER_BUILDERS, LayerContext
 from pipeline.spec.base import pair
 from pipeline.spec.layers import (
     AdaptiveAvgPool2D,
@@ -55,7 +55,7 @@ def _weighted(
     return M.WeightedBlock(parts, core)
 
 
-@builder("conv2d")
+@LAYER_BUILDERS.register(Conv2D)
 def _conv2d(layer: Conv2D, ctx: LayerContext) -> nn.Module:
     kernel, stride, dilation = pair(layer.kernel_size), pair(layer.stride), pair(layer.dilation)
     parts: OrderedDict[str, nn.Module] = OrderedDict()
@@ -81,7 +81,7 @@ def _conv2d(layer: Conv2D, ctx: LayerContext) -> nn.Module:
     return _weighted(parts, "conv", layer, ctx.out_shape)
 
 
-@builder("dense")
+@LAYER_BUILDERS.register(Dense)
 def _dense(layer: Dense, ctx: LayerContext) -> nn.Module:
     linear = nn.Linear(ctx.in_shape[0], layer.units, bias=layer.bias)
     init_weighted(linear, layer, ctx.build)
@@ -93,7 +93,7 @@ def _window(layer: Pool2D) -> tuple[tuple[int, int], tuple[int, int]]:
     return kernel, pair(layer.stride) if layer.stride is not None else kernel
 
 
-@builder("max_pool2d")
+@LAYER_BUILDERS.register(MaxPool2D)
 def _max_pool(layer: MaxPool2D, ctx: LayerContext) -> nn.Module:
     kernel, stride = _window(layer)
     if layer.padding == "same":
@@ -104,7 +104,7 @@ def _max_pool(layer: MaxPool2D, ctx: LayerContext) -> nn.Module:
     return nn.MaxPool2d(kernel, stride, 0 if layer.padding == "valid" else pair(layer.padding))
 
 
-@builder("avg_pool2d")
+@LAYER_BUILDERS.register(AvgPool2D)
 def _avg_pool(layer: AvgPool2D, ctx: LayerContext) -> nn.Module:
     kernel, stride = _window(layer)
     if layer.padding == "same":
@@ -112,57 +112,57 @@ def _avg_pool(layer: AvgPool2D, ctx: LayerContext) -> nn.Module:
     return nn.AvgPool2d(kernel, stride, 0 if layer.padding == "valid" else pair(layer.padding))
 
 
-@builder("lp_pool2d")
+@LAYER_BUILDERS.register(LPPool2D)
 def _lp_pool(layer: LPPool2D, ctx: LayerContext) -> nn.Module:
     kernel, stride = _window(layer)
     return nn.LPPool2d(layer.norm_type, kernel, stride)
 
 
-@builder("adaptive_avg_pool2d")
+@LAYER_BUILDERS.register(AdaptiveAvgPool2D)
 def _adaptive_avg(layer: AdaptiveAvgPool2D, ctx: LayerContext) -> nn.Module:
     return nn.AdaptiveAvgPool2d(pair(layer.output_size))
 
 
-@builder("adaptive_max_pool2d")
+@LAYER_BUILDERS.register(AdaptiveMaxPool2D)
 def _adaptive_max(layer: AdaptiveMaxPool2D, ctx: LayerContext) -> nn.Module:
     return nn.AdaptiveMaxPool2d(pair(layer.output_size))
 
 
-@builder("global_avg_pool2d")
+@LAYER_BUILDERS.register(GlobalAvgPool2D)
 def _global_avg(layer: GlobalAvgPool2D, ctx: LayerContext) -> nn.Module:
     return M.GlobalPool2d("avg")
 
 
-@builder("global_max_pool2d")
+@LAYER_BUILDERS.register(GlobalMaxPool2D)
 def _global_max(layer: GlobalMaxPool2D, ctx: LayerContext) -> nn.Module:
     return M.GlobalPool2d("max")
 
 
-@builder("flatten")
+@LAYER_BUILDERS.register(Flatten)
 def _flatten(layer: Flatten, ctx: LayerContext) -> nn.Module:
     return nn.Flatten()
 
 
-@builder("dropout")
+@LAYER_BUILDERS.register(Dropout)
 def _dropout(layer: Dropout, ctx: LayerContext) -> nn.Module:
     return nn.Dropout(layer.rate)
 
 
-@builder("alpha_dropout")
+@LAYER_BUILDERS.register(AlphaDropout)
 def _alpha_dropout(layer: AlphaDropout, ctx: LayerContext) -> nn.Module:
     return nn.AlphaDropout(layer.rate)
 
 
-@builder("spatial_dropout2d")
+@LAYER_BUILDERS.register(SpatialDropout2D)
 def _spatial_dropout(layer: SpatialDropout2D, ctx: LayerContext) -> nn.Module:
     return nn.Dropout2d(layer.rate)
 
 
-@builder("batch_norm")
+@LAYER_BUILDERS.register(BatchNorm)
 def _batch_norm(layer: BatchNorm, ctx: LayerContext) -> nn.Module:
     return batch_norm(ctx.in_shape, layer.momentum, layer.eps)
 
 
-@builder("scale")
+@LAYER_BUILDERS.register(Scale)
 def _scale(layer: Scale, ctx: LayerContext) -> nn.Module:
     return M.Scale(layer.factor)

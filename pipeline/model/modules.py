@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -108,7 +108,26 @@ class WeightedBlock(nn.Sequential):
         return self.get_submodule(self.core_name)
 
 
-class ResidualBlock(nn.Module):
+class Composite(nn.Module):
+    """A module made of layers (what a composite layer kind builds): it says which of its
+    modules are layers in their own right, so summaries and layer selectors find them."""
+
+    def parts(self) -> Iterator[tuple[str, nn.Module]]:
+        """The modules a summary expands it into, by their names under this module."""
+        raise NotImplementedError
+
+    def inner_layers(self, name: str) -> Iterator[tuple[str, nn.Module]]:
+        """The layers inside, nested ones too, by the names layer selectors (freeze, unfreeze,
+        param_groups) use; ``name`` is this module's own layer name."""
+        raise NotImplementedError
+
+
+def inner_layers(name: str, module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """:meth:`Composite.inner_layers` of a composite; nothing for any other module."""
+    return module.inner_layers(name) if isinstance(module, Composite) else iter(())
+
+
+class ResidualBlock(Composite):
     """``act(branch(x) + shortcut(x))``."""
 
     def __init__(self, branch: nn.Sequential, shortcut: nn.Module, act: nn.Module | None):
@@ -120,16 +139,35 @@ class ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.branch(x) + self.shortcut(x))
 
+    def parts(self) -> Iterator[tuple[str, nn.Module]]:
+        yield from self.branch.named_children()
+        yield "shortcut", self.shortcut
 
-class BackboneNet(nn.Sequential):
+    def inner_layers(self, name: str) -> Iterator[tuple[str, nn.Module]]:
+        # the branch's layers are layers of this spec: by their own names, unprefixed
+        for child_name, child in self.branch.named_children():
+            yield child_name, child
+            yield from inner_layers(child_name, child)
+
+
+class BackboneNet(Composite, nn.Sequential):
     """A torchvision architecture; children named as ``ARCHS[arch].blocks`` (then its top)."""
 
     def __init__(self, blocks: OrderedDict[str, nn.Module], arch: str):
         super().__init__(blocks)
         self.arch = arch
 
+    def parts(self) -> Iterator[tuple[str, nn.Module]]:
+        return self.named_children()
 
-class Reused(nn.Sequential):
+    def inner_layers(self, name: str) -> Iterator[tuple[str, nn.Module]]:
+        # bare too, as freeze selectors may name them (``block5_conv1``)
+        for child_name, child in self.named_children():
+            yield f"{name}.{child_name}", child
+            yield child_name, child
+
+
+class Reused(Composite, nn.Sequential):
     """Layers of another spec's model, under their names there.
 
     ``final_activation`` is the source's output activation ('softmax'/'sigmoid') when every
@@ -147,3 +185,13 @@ class Reused(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = super().forward(x)
         return PROBABILITIES[self.final_activation](x) if self.final_activation else x
+
+    def parts(self) -> Iterator[tuple[str, nn.Module]]:
+        return self.named_children()
+
+    def inner_layers(self, name: str) -> Iterator[tuple[str, nn.Module]]:
+        # prefixed: the names come from another spec
+        for child_name, child in self.named_children():
+            yield f"{name}.{child_name}", child
+            for sub, module in inner_layers(child_name, child):
+                yield f"{name}.{sub}", module

@@ -1,7 +1,9 @@
-"""The layer-builder registry: one function per spec layer kind turns its schema into a module.
+"""The layer-builder table: one function per spec layer kind turns its schema into a module.
 
-Adding a layer kind is one schema class in ``pipeline.spec`` plus one ``@builder`` function here;
-:func:`build_sequence` dispatches through :data:`BUILDERS`, so nothing else changes.
+Adding a layer kind is one schema class in ``pipeline.spec`` plus one function registered with
+``@LAYER_BUILDERS.register(TheClass)`` in a builder module (``pipeline.model.layers`` for plain
+layers); :func:`build_sequence` dispatches by the layer's class, so nothing else changes, and
+importing ``pipeline.model`` fails, naming the kind, while one has no builder.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import torch
 from torch import nn
 
 from pipeline.model.errors import ModelBuildError
-from pipeline.registry import Registry
+from pipeline.registry import Builders
+from pipeline.spec.base import LAYERS, Shape
 from pipeline.spec.errors import PathPart
-from pipeline.spec.layers import Shape
 from pipeline.spec.shapes import infer_shapes
 from pipeline.spec.spec import Spec
 
@@ -48,18 +50,14 @@ class LayerContext:
     out_shape: Shape
 
 
-Builder = Callable[[Any, LayerContext], nn.Module]
-BUILDERS: Registry[Builder] = Registry("layer kind")
-builder = BUILDERS.register
-"""``@builder("conv2d", ...)``: the builder of the given layer kinds (``type`` names)."""
+LayerBuilder = Callable[[Any, LayerContext], nn.Module]
+LAYER_BUILDERS: Builders[LayerBuilder] = Builders(LAYERS, "layer")
+"""Layer schema class -> its builder; ``@LAYER_BUILDERS.register(Conv2D)``."""
 
 
 def build_layer(layer: Any, ctx: LayerContext) -> nn.Module:
     """The module of one layer, frozen when the layer says ``trainable: false``."""
-    fn = BUILDERS.get(layer.type)
-    if fn is None:
-        raise ModelBuildError(f"no builder for layer kind {layer.type!r}")
-    module = fn(layer, ctx)
+    module = LAYER_BUILDERS[layer](layer, ctx)
     if not layer.trainable:
         module.requires_grad_(False)
     return module

@@ -17,11 +17,12 @@ from typing import Any
 
 from torch import nn
 
-from pipeline.model.modules import BackboneNet, ResidualBlock, Reused
+from pipeline.model.build import build_model
+from pipeline.model.modules import Composite
 from pipeline.model.trace import meta_forward
+from pipeline.spec.base import LayerKind, Shape
+from pipeline.spec.composite import Backbone, Reuse
 from pipeline.spec.spec import Spec
-
-Shape = tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -107,22 +108,23 @@ MACS: dict[type[nn.Module], Callable[[Any, Shape], int]] = {
     nn.Linear: _linear_macs,
 }
 
-# spec kind -> the type column, where the schema class name says too little
-TYPE_LABELS: dict[str, Callable[[Any], str]] = {
-    "backbone": lambda layer: layer.arch,
-    "reuse": lambda layer: f"Reuse of {layer._source.name}" if layer._source else "Reuse",
+# layer kind -> the type column, where the schema class name says too little
+TYPE_LABELS: dict[type[LayerKind], Callable[[Any], str]] = {
+    Backbone: lambda layer: layer.arch,
+    Reuse: lambda layer: f"Reuse of {layer._source.name}" if layer._source else "Reuse",
 }
 
 
+def _label(layer: LayerKind) -> str:
+    label = TYPE_LABELS.get(type(layer))
+    return label(layer) if label else type(layer).__name__
+
+
 def _children(name: str, module: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Sub-rows of an expanded composite: backbone blocks, reused layers, residual branches."""
-    if isinstance(module, ResidualBlock):
-        kids = [*module.branch.named_children(), ("shortcut", module.shortcut)]
-    elif isinstance(module, BackboneNet | Reused):
-        kids = list(module.named_children())
-    else:
+    """Sub-rows of an expanded composite (backbone blocks, reused layers, residual branches)."""
+    if not isinstance(module, Composite):
         return []
-    return [(f"{name}.{kid}", m) for kid, m in kids]
+    return [(f"{name}.{kid}", m) for kid, m in module.parts()]
 
 
 def _type_name(module: nn.Module) -> str:
@@ -141,8 +143,6 @@ def summarize(
     downloads (what ``pipeline summary`` needs).
     """
     if isinstance(model, Spec):
-        from pipeline.model.build import build_model  # build imports the whole registry
-
         spec = model
         model = build_model(spec, device="meta", load_weights=False)
     if spec is None:
@@ -152,8 +152,7 @@ def summarize(
     entries: list[tuple[str, str, nn.Module]] = []
     for name, layer in zip(spec.model.layer_names(), spec.model.layers, strict=True):
         module = model.get_submodule(name)
-        label = TYPE_LABELS.get(layer.type, lambda lay: type(lay).__name__)(layer)
-        entries.append((name, label, module))
+        entries.append((name, _label(layer), module))
         if expand:
             entries += [(sub, _type_name(m), m) for sub, m in _children(name, module)]
 

@@ -11,10 +11,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from pipeline.spec.base import Shape
 from pipeline.spec.shapes import infer_shapes
 from pipeline.spec.spec import Spec
-
-Shape = tuple[int, ...]
 
 
 @contextmanager

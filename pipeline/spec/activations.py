@@ -4,21 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
-
-from pipeline.spec.base import ACTIVATIONS, LAYERS, Kind, NonNegativeFloat
-
-Shape = tuple[int, ...]
+from pipeline.spec.base import ACTIVATIONS, LAYERS, LayerKind, NonNegativeFloat
 
 
-class ActivationBase(Kind):
+class ActivationBase(LayerKind):
     name: str | None = None
     """Layer name when used as a layer; default ``<type>_<n>`` (Keras-style, 1-based per kind)."""
     trainable: bool = True
     """Whether this layer's parameters (if any, e.g. PReLU's slopes) are trained."""
-
-    def output_shape(self, shape: Shape) -> Shape:
-        return shape
 
 
 def _activation(cls: type[ActivationBase]) -> type[ActivationBase]:
@@ -121,12 +114,6 @@ class Linear(ActivationBase):
 ActivationName = Literal[tuple(ACTIVATIONS.names())]  # type: ignore[valid-type]
 ActivationField = ActivationName | ACTIVATIONS.union()
 """An activation by name (``relu``) or with parameters (``{type: leaky_relu, alpha: 0.2}``)."""
-
-ACTIVATION_FIELD_DOC = Field(
-    default=None,
-    description="Activation applied after this layer: a name (relu, elu, selu, ...) or a mapping "
-    "with parameters, e.g. {type: leaky_relu, alpha: 0.2}.",
-)
 
 
 def activation_model(value: str | ActivationBase | None) -> ActivationBase | None:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Union
+from collections.abc import Iterator, Sequence
+from typing import Annotated, Any, ClassVar, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.spec.errors import did_you_mean
+from pipeline.spec.errors import PathPart
+
+Shape = tuple[int, ...]
+"""Channels-first, without the batch axis: ``(C, H, W)`` for feature maps, ``(F,)`` for flat
+features."""
 
 
-class SpecModel(BaseModel):
+class StrictModel(BaseModel):
     """Strict: a misspelt key is an error, never a silently ignored setting."""
 
     model_config = ConfigDict(
@@ -21,26 +26,52 @@ class SpecModel(BaseModel):
     )
 
 
-class Kind(SpecModel):
+class Kind(StrictModel):
     """A tagged variant: ``type`` says which one (a layer, an optimizer, a schedule...)."""
 
-    kind_group: ClassVar[str] = ""
+    type_name: ClassVar[str] = ""
+    """The ``type`` value of this kind; set when it is registered."""
+    expanded_on_load: ClassVar[bool] = False
+    """True for a kind the loader replaces by others (a block reference): nothing builds it."""
 
 
-class Registry:
+class LayerKind(Kind):
+    """What every layer kind (activation layers too) shares: a shape rule and its nested layers.
+
+    A composite says what its children are in ``child_keys``, so naming, shape inference,
+    building, summaries and block expansion recurse into them without knowing the kind.
+    """
+
+    child_keys: ClassVar[tuple[str, ...]] = ()
+    """Fields holding nested layer lists written in this spec (a residual's ``layers``)."""
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return shape
+
+    def sublayers(self) -> Iterator[tuple[PathPart, Sequence[LayerKind]]]:
+        """Each nested layer list with the key under which the spec writes it."""
+        for key in self.child_keys:
+            yield key, getattr(self, key)
+
+
+K = TypeVar("K", bound=type[Kind])
+
+
+class Kinds:
     """Maps the ``type`` names of one group (layers, optimizers, ...) to their schema classes."""
 
     def __init__(self, group: str):
         self.group = group
         self.kinds: dict[str, type[Kind]] = {}
 
-    def register(self, cls: type[Kind]) -> type[Kind]:
+    def register(self, cls: K) -> K:
+        """``@KINDS.register``: add a schema class under its ``type`` default."""
         name = cls.model_fields["type"].default
         if not isinstance(name, str):
             raise TypeError(f"{cls.__name__}.type needs a default literal name")
         if name in self.kinds:
-            raise ValueError(f"{self.group} kind '{name}' is registered twice")
-        cls.kind_group = self.group
+            raise TypeError(f"{self.group} kind '{name}' is registered twice")
+        cls.type_name = name
         self.kinds[name] = cls
         return cls
 
@@ -57,17 +88,13 @@ class Registry:
             Field(discriminator="type"),
         ]
 
-    def suggest(self, name: str, synonyms: dict[str, str] | None = None) -> str:
-        return did_you_mean(name, self.kinds, synonyms)
 
-
-LAYERS = Registry("layer")
-ACTIVATIONS = Registry("activation")
-INITIALIZERS = Registry("initializer")
-OPTIMIZERS = Registry("optimizer")
-SCHEDULES = Registry("schedule")
-TRANSFORMS = Registry("augmentation")
-NORMALIZERS = Registry("normalization")
+LAYERS = Kinds("layer")
+ACTIVATIONS = Kinds("activation")
+INITIALIZERS = Kinds("initializer")
+OPTIMIZERS = Kinds("optimizer")
+SCHEDULES = Kinds("schedule")
+TRANSFORMS = Kinds("augmentation")
 
 # Names users bring from Keras or PyTorch, mapped to ours; used only for did-you-mean.
 SYNONYMS: dict[str, str] = {

@@ -10,12 +10,20 @@ import fnmatch
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from pipeline.spec.activations import activation_model
-from pipeline.spec.base import ACTIVATIONS
-from pipeline.spec.composite import ARCHS
+from pipeline.spec.activations import SELU, ActivationBase, activation_model
+from pipeline.spec.base import LayerKind
+from pipeline.spec.composite import ARCHS, Backbone
 from pipeline.spec.errors import Problem, did_you_mean
 from pipeline.spec.init import VarianceScaling, init_model
-from pipeline.spec.layers import WeightedLayer
+from pipeline.spec.layers import (
+    AlphaDropout,
+    BatchNorm,
+    Dense,
+    Dropout,
+    SpatialDropout2D,
+    WeightedLayer,
+)
+from pipeline.spec.optim import Adam, ReduceOnPlateau
 from pipeline.spec.shapes import LayerShapeError, infer_shapes, named_layers
 from pipeline.spec.spec import Spec
 from pipeline.spec.train import LayerRange
@@ -57,15 +65,14 @@ def _warn(message: str, path: tuple, hint: str | None = None) -> Problem:
     return Problem(message, path, severity="warning", hint=hint)
 
 
-def _layers(spec: Spec) -> list[tuple[tuple, str, object]]:
+def _layers(spec: Spec) -> list[tuple[tuple, str, LayerKind]]:
     return [(("model", "layers", *p), n, layer) for p, n, layer in named_layers(spec.model.layers)]
 
 
 def _activation(layer: object) -> str | None:
     """The activation a layer applies: itself if it is one, else its ``activation`` field."""
-    kind = getattr(layer, "type", None)
-    if kind in ACTIVATIONS.kinds:
-        return kind
+    if isinstance(layer, ActivationBase):
+        return layer.type_name
     act = activation_model(getattr(layer, "activation", None))
     return act.type if act else None
 
@@ -116,7 +123,7 @@ def _unique_names(spec: Spec) -> Iterator[Problem]:
 def _output_units(spec: Spec) -> Iterator[Problem]:
     """The last dense layer needs one unit per class (or one sigmoid unit for two classes)."""
     n = spec.num_classes()
-    dense = [(p, layer) for p, _, layer in _layers(spec) if getattr(layer, "type", "") == "dense"]
+    dense = [(p, layer) for p, _, layer in _layers(spec) if isinstance(layer, Dense)]
     if n is None or not dense:
         return
     path, last = dense[-1]
@@ -150,7 +157,7 @@ def _selu(spec: Spec) -> Iterator[Problem]:
     top = spec.model.layers
     for path, _, layer in layers:
         nxt = top[path[2] + 1] if len(path) == 3 and path[2] + 1 < len(top) else None
-        feeds_selu = _activation(layer) == "selu" or getattr(nxt, "type", "") == "selu"
+        feeds_selu = _activation(layer) == "selu" or isinstance(nxt, SELU)
         if isinstance(layer, WeightedLayer) and feeds_selu:
             if layer.kernel_init is None:
                 inherit = True
@@ -160,17 +167,17 @@ def _selu(spec: Spec) -> Iterator[Problem]:
                     (*path, "kernel_init"),
                     "set kernel_init: lecun_normal",
                 )
-        if getattr(layer, "type", "") == "dropout":
+        if isinstance(layer, Dropout):
             yield _warn(
                 "plain dropout breaks SELU's self-normalization",
                 (*path, "type"),
                 "use type: alpha_dropout",
             )
-        if getattr(layer, "type", "") in ("residual", "batch_norm"):
+        if layer.child_keys or isinstance(layer, BatchNorm):
+            kind = layer.type_name
             yield _warn(
-                f"SELU self-normalizes only in a plain sequential stack, not with {layer.type}",
-                path,
-            )  # type: ignore[attr-defined]
+                f"SELU self-normalizes only in a plain sequential stack, not with {kind}", path
+            )
     if inherit and not lecun(spec.init.kernel):
         yield _warn(
             "SELU needs lecun_normal weights to self-normalize",
@@ -204,9 +211,7 @@ def _bias_bn(spec: Spec) -> Iterator[Problem]:
             continue
         nxt = layers[i + 1] if i + 1 < len(layers) else None
         direct = layer.batch_norm == "before" or (
-            layer.activation is None
-            and layer.batch_norm is None
-            and getattr(nxt, "type", "") == "batch_norm"
+            layer.activation is None and layer.batch_norm is None and isinstance(nxt, BatchNorm)
         )
         if direct:
             yield _warn(
@@ -219,7 +224,7 @@ def _bias_bn(spec: Spec) -> Iterator[Problem]:
 @check("adam-weight-decay")
 def _adam_wd(spec: Spec) -> Iterator[Problem]:
     """Adam's weight_decay is an L2 term the adaptive step scales away; AdamW decouples it."""
-    if spec.optimizer.type == "adam" and spec.optimizer.weight_decay > 0:
+    if isinstance(spec.optimizer, Adam) and spec.optimizer.weight_decay > 0:
         yield _warn(
             "adam with weight_decay is L2 regularization, weakened by the adaptive step",
             ("optimizer", "weight_decay"),
@@ -247,7 +252,7 @@ def _monitor(spec: Spec) -> Iterator[Problem]:
     watched = [(("train", "checkpoint", "monitor"), spec.train.checkpoint.monitor)]
     if spec.train.early_stopping:
         watched.append((("train", "early_stopping", "monitor"), spec.train.early_stopping.monitor))
-    if spec.schedule.type == "reduce_on_plateau":
+    if isinstance(spec.schedule, ReduceOnPlateau):
         watched.append((("schedule", "monitor"), spec.schedule.monitor))
     for path, metric in watched:
         if metric.startswith("val_"):
@@ -263,8 +268,8 @@ def _mc_dropout(spec: Spec) -> Iterator[Problem]:
     """MC dropout samples dropout masks; a model without dropout gives identical samples."""
     if spec.evaluate.mc_dropout is None:
         return
-    kinds = {getattr(layer, "type", "") for _, _, layer in _layers(spec)}
-    if not kinds & {"dropout", "alpha_dropout", "spatial_dropout2d"}:
+    dropouts = (Dropout, AlphaDropout, SpatialDropout2D)
+    if not any(isinstance(layer, dropouts) for _, _, layer in _layers(spec)):
         yield Problem("mc_dropout needs dropout layers in the model", ("evaluate", "mc_dropout"))
 
 
@@ -273,8 +278,8 @@ def _selectors(spec: Spec) -> Iterator[Problem]:
     """freeze/unfreeze/param_groups must name layers that exist."""
     names = [name for _, name, _ in _layers(spec)]
     for _, name, layer in _layers(spec):
-        if getattr(layer, "type", "") == "backbone":
-            sub = ARCHS[layer.arch].blocks  # type: ignore[attr-defined]
+        if isinstance(layer, Backbone):
+            sub = ARCHS[layer.arch].blocks
             names += sub + [f"{name}.{s}" for s in sub]
     count = len(spec.model.layers)
     places: list[tuple[tuple, object]] = []

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import PrivateAttr
 
 from pipeline.spec.activations import ActivationField
-from pipeline.spec.base import LAYERS, PositiveInt, SpecModel
+from pipeline.spec.base import LAYERS, PositiveInt, StrictModel
 from pipeline.spec.layers import LayerBase, Shape, ShapeError, fmt, need_map
+from pipeline.spec.shapes import infer_shapes
 
 
 @LAYERS.register
@@ -25,10 +26,10 @@ class Residual(LayerBase):
     activation: ActivationField | None = None
     """Applied after the sum."""
 
-    def output_shape(self, shape: Shape) -> Shape:
-        from pipeline.spec.shapes import infer_shapes
+    child_keys: ClassVar[tuple[str, ...]] = ("layers",)
 
-        out = infer_shapes(self.layers, shape, path=())[-1] if self.layers else shape
+    def output_shape(self, shape: Shape) -> Shape:
+        out = infer_shapes(self.layers, shape, path=("layers",))[-1] if self.layers else shape
         if out != shape:
             if self.shortcut == "identity":
                 raise ShapeError(
@@ -55,6 +56,7 @@ class Block(LayerBase):
     """Insert the named block from ``model.blocks``, ``repeat`` times (expanded when loading)."""
 
     type: Literal["block"] = "block"
+    expanded_on_load: ClassVar[bool] = True
     block: str
     """A key of ``model.blocks``."""
     repeat: PositiveInt = 1
@@ -71,7 +73,7 @@ def _stride2(h: int) -> int:
     return (h - 1) // 2 + 1
 
 
-class Arch(SpecModel):
+class Arch(StrictModel):
     """What is known of a torchvision architecture without importing torch."""
 
     channels: int
@@ -134,7 +136,7 @@ ARCHS: dict[str, Arch] = {
 }
 
 
-class WeightsFile(SpecModel):
+class WeightsFile(StrictModel):
     path: str
     """A state dict saved by torch.save, loaded with weights_only=True."""
 
@@ -203,8 +205,6 @@ class Reuse(LayerBase):
         return layers[: len(layers) - self.drop_last]
 
     def output_shape(self, shape: Shape) -> Shape:
-        from pipeline.spec.shapes import infer_shapes
-
         src = self._source.model.resolved_input_shape() if self._source else None
         if src is not None and tuple(src) != tuple(shape):
             raise ShapeError(

@@ -13,7 +13,7 @@ from pipeline.spec.base import (
     NonNegativeFloat,
     PositiveInt,
     Probability,
-    SpecModel,
+    StrictModel,
 )
 
 FASHION_CLASSES = [
@@ -64,7 +64,7 @@ def class_key(name: str | int) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in str(name).lower()).strip("_")
 
 
-class ClassSelection(SpecModel):
+class ClassSelection(StrictModel):
     """Keep some classes (in the order given: it sets the new label numbers) or drop some."""
 
     keep: list[str | int] | None = None
@@ -79,7 +79,7 @@ class ClassSelection(SpecModel):
         return self
 
 
-class ValidationSplit(SpecModel):
+class ValidationSplit(StrictModel):
     """Validation data: a held-out fraction of the training split (stratified, seeded), its first
     N samples, or (image_folder) a folder of its own."""
 
@@ -97,21 +97,21 @@ class ValidationSplit(SpecModel):
         return self
 
 
-class Subset(SpecModel):
+class Subset(StrictModel):
     """Use fewer samples: at most N per class (the seeds' 2000 cats + 2000 dogs)."""
 
     train_per_class: PositiveInt | None = None
     test_per_class: PositiveInt | None = None
 
 
-class ExplicitNormalization(SpecModel):
+class ExplicitNormalization(StrictModel):
     """(x / 255 - mean) / std per channel, with given values."""
 
     mean: list[float]
     std: list[Annotated[float, Field(gt=0)]]
 
 
-class DataSection(SpecModel):
+class DataSection(StrictModel):
     """Where the images come from and how they are prepared (the prepare stage reads only this)."""
 
     dataset: Literal[(*DATASETS, "image_folder")]  # type: ignore[valid-type]
@@ -315,7 +315,7 @@ class TrivialAugment(TransformBase):
     type: Literal["trivial_augment"] = "trivial_augment"
 
 
-class AugmentSection(SpecModel):
+class AugmentSection(StrictModel):
     """Random transforms of training batches, drawn per sample. Validation and test data are
     never augmented."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pipeline.spec.base import INITIALIZERS, Kind, PositiveFloat, SpecModel
+from pipeline.spec.base import INITIALIZERS, Kind, PositiveFloat, StrictModel
 
 Distribution = Literal["normal", "truncated_normal", "uniform"]
 FanMode = Literal["fan_in", "fan_out", "fan_avg"]
@@ -95,7 +95,7 @@ def init_model(value: str | InitBase) -> InitBase:
     return PRESETS[value] if isinstance(value, str) else value
 
 
-class InitSection(SpecModel):
+class InitSection(StrictModel):
     """Model-wide initialization; a layer kind's ``defaults`` and a layer's own fields override it.
 
     The default is Keras's (glorot_uniform weights, zero biases), so specs transcribed from Keras

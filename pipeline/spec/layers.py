@@ -1,7 +1,7 @@
 """Layer kinds. Each knows its output shape, so shapes are checked without importing torch.
 
 Shapes are channels-first, without the batch axis: ``(C, H, W)`` for feature maps, ``(F,)`` for
-flat features.
+flat features. The builders of these kinds are in ``pipeline.model.layers``.
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ from pipeline.spec.activations import ActivationField
 from pipeline.spec.base import (
     LAYERS,
     IntPair,
-    Kind,
+    LayerKind,
     NonNegativeFloat,
     PositiveInt,
-    SpecModel,
+    Shape,
+    StrictModel,
     pair,
 )
 from pipeline.spec.init import InitField
 
-Shape = tuple[int, ...]
 Padding = Literal["valid", "same"] | Annotated[int, Field(ge=0)] | tuple[int, int]
 
 
@@ -58,17 +58,14 @@ def window_out(size: int, kernel: int, stride: int, pad: int | str, dilation: in
     return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
 
 
-class LayerBase(Kind):
+class LayerBase(LayerKind):
     name: str | None = None
     """Layer name; default ``<type>_<n>`` (Keras-style, 1-based per kind)."""
     trainable: bool = True
     """False freezes this layer's parameters (and keeps its batch norm in inference mode)."""
 
-    def output_shape(self, shape: Shape) -> Shape:
-        return shape
 
-
-class Regularizer(SpecModel):
+class Regularizer(StrictModel):
     """Penalty added to the loss: l1 * sum|w| + l2 * sum w^2 (Keras's convention, no 1/2)."""
 
     l1: NonNegativeFloat = 0.0
@@ -159,7 +156,7 @@ class Pool2D(LayerBase):
     padding: Padding = "valid"
 
     def output_shape(self, shape: Shape) -> Shape:
-        c, h, w = need_map(self.type, shape)  # type: ignore[attr-defined]
+        c, h, w = need_map(self.type_name, shape)
         (kh, kw) = pair(self.pool_size)
         (sh, sw) = pair(self.stride) if self.stride is not None else (kh, kw)
         ph, pw = _pads(self.padding)
@@ -202,7 +199,7 @@ class AdaptivePool2D(LayerBase):
     """Fixed output height and width whatever the input size (ROI-pooling style)."""
 
     def output_shape(self, shape: Shape) -> Shape:
-        c, _, _ = need_map(self.type, shape)  # type: ignore[attr-defined]
+        c, _, _ = need_map(self.type_name, shape)
         return (c, *pair(self.output_size))
 
 
@@ -218,7 +215,7 @@ class AdaptiveMaxPool2D(AdaptivePool2D):
 
 class GlobalPool2D(LayerBase):
     def output_shape(self, shape: Shape) -> Shape:
-        c, _, _ = need_map(self.type, shape)  # type: ignore[attr-defined]
+        c, _, _ = need_map(self.type_name, shape)
         return (c,)
 
 

@@ -17,13 +17,13 @@ from pipeline.spec.base import (
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
-    SpecModel,
+    StrictModel,
 )
 
 Beta = Annotated[float, Field(ge=0, lt=1)]
 
 
-class ParamGroup(SpecModel):
+class ParamGroup(StrictModel):
     """Different settings for some layers' parameters (discriminative learning rates)."""
 
     layers: list[str]

@@ -11,6 +11,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from pipeline.spec.base import LAYERS, LayerKind
+from pipeline.spec.composite import Block
 from pipeline.spec.errors import PathPart, Problem, did_you_mean
 
 
@@ -166,6 +168,13 @@ def _block_body(
     return _substitute(block["layers"], values, [], path, name)
 
 
+def _kind(layer: Mapping) -> type[LayerKind] | None:
+    """The schema class a raw layer's ``type`` names; None for a missing or unknown one (the
+    schema reports it)."""
+    name = layer.get("type")
+    return LAYERS.kinds.get(name) if isinstance(name, str) else None  # type: ignore[return-value]
+
+
 def _expand(
     layers: list,
     blocks: Mapping,
@@ -184,19 +193,19 @@ def _expand(
             if marks_out is not None:
                 marks_out.append(mark)
             continue
-        if layer.get("type") == "block":
+        kind = _kind(layer)
+        if kind is Block:
             for item in _block_items(layer, blocks, defaults, problems, (*path, i), stack):
                 out.append(item)
                 if marks_out is not None:
                     marks_out.append(mark)
             continue
-        kind_defaults = defaults.get(layer.get("type"))
+        kind_defaults = defaults.get(kind.type_name) if kind is not None else None
         item = under(kind_defaults, layer) if isinstance(kind_defaults, Mapping) else layer
-        if isinstance(item.get("layers"), list):  # residual: expand its branch too
-            item = copy.copy(item)
-            item["layers"] = _expand(
-                item["layers"], blocks, defaults, problems, (*path, i, "layers"), stack
-            )
+        for key in kind.child_keys if kind is not None else ():  # a residual's branch, ...
+            if isinstance(item.get(key), list):
+                item = copy.copy(item)
+                item[key] = _expand(item[key], blocks, defaults, problems, (*path, i, key), stack)
         out.append(item)
         if marks_out is not None:
             marks_out.append(mark)
@@ -246,10 +255,23 @@ def _block_items(
     items = []
     for r in range(1, repeat + 1):
         inner = _expand(body, blocks, defaults, problems, path, (*stack, name))
-        for layer in inner:
-            if isinstance(layer, Mapping) and layer.get("name"):
-                tag = f"{prefix}{r}" if repeat > 1 else prefix
-                layer = copy.copy(layer)
-                layer["name"] = f"{tag}_{layer['name']}"
-            items.append(layer)
+        tag = f"{prefix}{r}" if repeat > 1 else prefix
+        items += [_prefixed(layer, tag) for layer in inner]
     return items
+
+
+def _prefixed(layer: Any, tag: str) -> Any:
+    """``layer`` with its explicit name prefixed by ``tag`` (the block reference's name,
+    numbered when repeated), and so the names of the layers nested in it: repeats never
+    collide, however deep a named layer sits."""
+    if not isinstance(layer, Mapping):
+        return layer
+    out = copy.copy(layer)
+    if layer.get("name"):
+        out["name"] = f"{tag}_{layer['name']}"
+    kind = _kind(layer)
+    for key in kind.child_keys if kind is not None else ():
+        if isinstance(layer.get(key), list):
+            out[key] = copy.copy(layer[key])  # keeps the list's marks
+            out[key][:] = [_prefixed(child, tag) for child in layer[key]]
+    return out

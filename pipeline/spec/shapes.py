@@ -24,11 +24,8 @@ def infer_shapes(layers: Sequence[Any], shape: Shape, path: tuple[PathPart, ...]
     for i, layer in enumerate(layers):
         try:
             shape = tuple(layer.output_shape(tuple(shape)))
-        except LayerShapeError as inner:
-            sub = ("layers",) if layer.type == "residual" else ()
-            raise LayerShapeError(
-                (*path, i, *sub, *inner.path), inner.message, inner.hint
-            ) from None
+        except LayerShapeError as inner:  # in a nested list; its path starts below the layer
+            raise LayerShapeError((*path, i, *inner.path), inner.message, inner.hint) from None
         except ShapeError as err:
             given = fmt(tuple(shape))
             message = str(err) if given in str(err) else f"{err} (input {given})"
@@ -47,5 +44,5 @@ def named_layers(
         counts[layer.type] += 1
         name = layer.name or f"{layer.type}_{counts[layer.type]}"
         yield (*prefix, i), name, layer
-        if layer.type == "residual":
-            yield from named_layers(layer.layers, counts, (*prefix, i, "layers"))
+        for key, children in layer.sublayers():
+            yield from named_layers(children, counts, (*prefix, i, key))

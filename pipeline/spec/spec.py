@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, PrivateAttr, create_model, model_validator
 
-from pipeline.spec.base import LAYERS, PositiveInt, SpecModel
+from pipeline.spec.base import LAYERS, PositiveInt, StrictModel
 from pipeline.spec.composite import LayerSpec
 from pipeline.spec.data import AugmentSection, DataSection
 from pipeline.spec.errors import Problem
@@ -18,12 +18,12 @@ from pipeline.spec.shapes import named_layers
 from pipeline.spec.train import EvaluateSection, TrainSection
 
 
-class _Generated(SpecModel):
+class _Generated(StrictModel):
     # Descriptions are copied explicitly; reading docstrings of generated classes is slow.
     model_config = ConfigDict(use_attribute_docstrings=False)
 
 
-def _partial(cls: type[SpecModel]) -> type[SpecModel]:
+def _partial(cls: type[StrictModel]) -> type[StrictModel]:
     """The kind's fields, all optional: what ``defaults`` may set for every layer of a kind."""
     fields: dict[str, Any] = {
         name: (info.annotation | None, Field(default=None, description=info.description))
@@ -41,12 +41,12 @@ LayerDefaults = create_model(
     **{
         kind: (_partial(cls) | None, None)
         for kind, cls in sorted(LAYERS.kinds.items())
-        if kind not in ("block",)
+        if not cls.expanded_on_load
     },
 )
 
 
-class ParamBlock(SpecModel):
+class ParamBlock(StrictModel):
     """A named block with parameters: ``$name`` in its layers' values (``${name}`` inside longer
     text, quoted in a flow mapping) takes the value a ``{type: block}`` reference gives in its
     ``params``, or the default here (null: required). Its layers are checked where the block is
@@ -56,7 +56,7 @@ class ParamBlock(SpecModel):
     layers: Annotated[list[dict[str, Any]], Field(min_length=1)]
 
 
-class ModelSection(SpecModel):
+class ModelSection(StrictModel):
     """The network, as a list of layers applied in order."""
 
     input_shape: Annotated[list[PositiveInt], Field(min_length=1, max_length=3)] | None = None
@@ -86,7 +86,7 @@ class ModelSection(SpecModel):
         return tuple(self.input_shape) if self.input_shape else None
 
 
-class Spec(SpecModel):
+class Spec(StrictModel):
     """An image-classification experiment: data, model, training and evaluation."""
 
     spec_version: Literal[1] = 1

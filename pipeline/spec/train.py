@@ -7,11 +7,11 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from pipeline.spec.base import PositiveFloat, PositiveInt, SpecModel
+from pipeline.spec.base import PositiveFloat, PositiveInt, StrictModel
 from pipeline.spec.optim import OptimizerSpec, ScheduleSpec
 
 
-class LayerRange(SpecModel):
+class LayerRange(StrictModel):
     """A run of layers in model order (backbone sub-layers included): ``{from: block5_conv1}``
     is that layer and everything after it; ``{before: ...}`` everything before it."""
 
@@ -35,7 +35,7 @@ def _monitor(value: str) -> str:
     return value
 
 
-class EarlyStopping(SpecModel):
+class EarlyStopping(StrictModel):
     """Stop when ``monitor`` has not improved for ``patience`` epochs."""
 
     monitor: str = "val_loss"
@@ -49,7 +49,7 @@ class EarlyStopping(SpecModel):
     _check_monitor = field_validator("monitor")(_monitor)
 
 
-class Checkpoint(SpecModel):
+class Checkpoint(StrictModel):
     """The best checkpoint (``last.pt`` is always written: ``--resume`` continues from it)."""
 
     monitor: str = "auto"
@@ -60,7 +60,7 @@ class Checkpoint(SpecModel):
     _check_monitor = field_validator("monitor")(_monitor)
 
 
-class Phase(SpecModel):
+class Phase(StrictModel):
     """A stretch of training with its own frozen set and optimizer settings (the seeds' recipe:
     train the new head on a frozen base, then unfreeze the top block with a lower rate)."""
 
@@ -77,7 +77,7 @@ class Phase(SpecModel):
     schedule: ScheduleSpec | None = None  # type: ignore[valid-type]
 
 
-class TrainSection(SpecModel):
+class TrainSection(StrictModel):
     """How the model is trained (the train stage)."""
 
     epochs: PositiveInt = 10
@@ -117,13 +117,13 @@ class TrainSection(SpecModel):
         return value
 
 
-class MCDropout(SpecModel):
+class MCDropout(StrictModel):
     """Monte Carlo dropout (Gal and Ghahramani): average predictions with dropout active."""
 
     samples: Annotated[int, Field(ge=2)] = 30
 
 
-class EvaluateSection(SpecModel):
+class EvaluateSection(StrictModel):
     """What the evaluate stage computes on the (never augmented) test split."""
 
     batch_size: PositiveInt = 256

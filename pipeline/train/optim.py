@@ -1,4 +1,5 @@
-"""Optimizers from the spec's ``optimizer`` section: a registry of factories over torch.optim."""
+"""Optimizers from the spec's ``optimizer`` section: one builder per optimizer kind, over
+torch.optim (adding one: its schema class in ``pipeline.spec.optim`` and its builder here)."""
 
 from __future__ import annotations
 
@@ -7,32 +8,33 @@ from typing import Any
 
 import torch
 
-from pipeline.registry import Registry
+from pipeline.registry import Builders
 from pipeline.spec import optim as spec_optim
+from pipeline.spec.base import OPTIMIZERS
 
 Groups = list[dict[str, Any]]
-OptimizerFactory = Callable[[Groups, Any], torch.optim.Optimizer]
-OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer")
-optimizer = OPTIMIZERS.register
+OptimizerBuilder = Callable[[Groups, Any], torch.optim.Optimizer]
+OPTIMIZER_BUILDERS: Builders[OptimizerBuilder] = Builders(OPTIMIZERS, "optimizer")
+"""Optimizer schema class -> ``(param groups, spec section) -> torch optimizer``."""
 
 
 def _common(o: spec_optim.OptimizerBase) -> dict[str, Any]:
     return {"lr": o.lr, "weight_decay": o.weight_decay}
 
 
-@optimizer("sgd")
+@OPTIMIZER_BUILDERS.register(spec_optim.SGD)
 def _sgd(groups: Groups, o: spec_optim.SGD) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, momentum=o.momentum, nesterov=o.nesterov, **_common(o))
 
 
-@optimizer("adagrad")
+@OPTIMIZER_BUILDERS.register(spec_optim.Adagrad)
 def _adagrad(groups: Groups, o: spec_optim.Adagrad) -> torch.optim.Optimizer:
     return torch.optim.Adagrad(
         groups, initial_accumulator_value=o.initial_accumulator, eps=o.eps, **_common(o)
     )
 
 
-@optimizer("rmsprop")
+@OPTIMIZER_BUILDERS.register(spec_optim.RMSprop)
 def _rmsprop(groups: Groups, o: spec_optim.RMSprop) -> torch.optim.Optimizer:
     # Keras's rho is PyTorch's alpha.
     return torch.optim.RMSprop(
@@ -40,29 +42,32 @@ def _rmsprop(groups: Groups, o: spec_optim.RMSprop) -> torch.optim.Optimizer:
     )
 
 
-@optimizer("adam")
+@OPTIMIZER_BUILDERS.register(spec_optim.Adam)
 def _adam(groups: Groups, o: spec_optim.Adam) -> torch.optim.Optimizer:
     return torch.optim.Adam(groups, betas=o.betas, eps=o.eps, amsgrad=o.amsgrad, **_common(o))
 
 
-@optimizer("adamw")
+@OPTIMIZER_BUILDERS.register(spec_optim.AdamW)
 def _adamw(groups: Groups, o: spec_optim.AdamW) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, betas=o.betas, eps=o.eps, amsgrad=o.amsgrad, **_common(o))
 
 
-@optimizer("adamax")
+@OPTIMIZER_BUILDERS.register(spec_optim.Adamax)
 def _adamax(groups: Groups, o: spec_optim.Adamax) -> torch.optim.Optimizer:
     return torch.optim.Adamax(groups, betas=o.betas, eps=o.eps, **_common(o))
 
 
-@optimizer("nadam")
+@OPTIMIZER_BUILDERS.register(spec_optim.NAdam)
 def _nadam(groups: Groups, o: spec_optim.NAdam) -> torch.optim.Optimizer:
     return torch.optim.NAdam(groups, betas=o.betas, eps=o.eps, **_common(o))
 
 
-@optimizer("radam")
+@OPTIMIZER_BUILDERS.register(spec_optim.RAdam)
 def _radam(groups: Groups, o: spec_optim.RAdam) -> torch.optim.Optimizer:
     return torch.optim.RAdam(groups, betas=o.betas, eps=o.eps, **_common(o))
+
+
+OPTIMIZER_BUILDERS.check_complete()
 
 
 def build_optimizer(
@@ -80,7 +85,7 @@ def build_optimizer(
         if scale is not None:
             g["lr"] = o.lr * scale
         resolved.append(g)
-    return OPTIMIZERS[o.type](resolved, o)
+    return OPTIMIZER_BUILDERS[o](resolved, o)
 
 
 def clip_gradients(o: spec_optim.OptimizerBase, params: Iterable[torch.nn.Parameter]) -> None:

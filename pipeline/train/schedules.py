@@ -14,41 +14,43 @@ import torch
 from torch.optim import lr_scheduler
 
 from pipeline.errors import ConfigurationError
-from pipeline.registry import Registry
+from pipeline.registry import Builders
 from pipeline.spec import optim as s
+from pipeline.spec.base import SCHEDULES
+from pipeline.train.optim import build_optimizer
 
-Factory = Callable[[Any, torch.optim.Optimizer, int], Any]
-SCHEDULERS: Registry[Factory] = Registry("schedule")
-scheduler = SCHEDULERS.register
+ScheduleBuilder = Callable[[Any, torch.optim.Optimizer, int], Any]
+SCHEDULE_BUILDERS: Builders[ScheduleBuilder] = Builders(SCHEDULES, "schedule")
+"""Schedule schema class -> ``(schedule, optimizer, total intervals) -> torch scheduler``."""
 
 
 def _lambda(opt: torch.optim.Optimizer, factor: Callable[[int], float]) -> lr_scheduler.LambdaLR:
     return lr_scheduler.LambdaLR(opt, factor)
 
 
-@scheduler("constant")
+@SCHEDULE_BUILDERS.register(s.ConstantSchedule)
 def _constant(sch: s.ConstantSchedule, opt: torch.optim.Optimizer, total: int) -> Any:
     return _lambda(opt, lambda t: 1.0)
 
 
-@scheduler("step")
+@SCHEDULE_BUILDERS.register(s.StepSchedule)
 def _step(sch: s.StepSchedule, opt: torch.optim.Optimizer, total: int) -> Any:
     return lr_scheduler.StepLR(opt, step_size=sch.step_size, gamma=sch.gamma)
 
 
-@scheduler("multi_step")
+@SCHEDULE_BUILDERS.register(s.MultiStepSchedule)
 def _multi_step(sch: s.MultiStepSchedule, opt: torch.optim.Optimizer, total: int) -> Any:
     return lr_scheduler.MultiStepLR(opt, milestones=sorted(sch.milestones), gamma=sch.gamma)
 
 
-@scheduler("piecewise_constant")
+@SCHEDULE_BUILDERS.register(s.PiecewiseConstantSchedule)
 def _piecewise(sch: s.PiecewiseConstantSchedule, opt: torch.optim.Optimizer, total: int) -> Any:
     base = opt.param_groups[0]["lr"]
     # Keras: values[i] while t <= boundaries[i].
     return _lambda(opt, lambda t: sch.values[bisect.bisect_left(sch.boundaries, t)] / base)
 
 
-@scheduler("exponential")
+@SCHEDULE_BUILDERS.register(s.ExponentialSchedule)
 def _exponential(sch: s.ExponentialSchedule, opt: torch.optim.Optimizer, total: int) -> Any:
     def factor(t: int) -> float:
         p = t / sch.decay_steps
@@ -57,12 +59,12 @@ def _exponential(sch: s.ExponentialSchedule, opt: torch.optim.Optimizer, total: 
     return _lambda(opt, factor)
 
 
-@scheduler("power")
+@SCHEDULE_BUILDERS.register(s.PowerSchedule)
 def _power(sch: s.PowerSchedule, opt: torch.optim.Optimizer, total: int) -> Any:
     return _lambda(opt, lambda t: 1.0 / (1.0 + t / sch.decay_steps) ** sch.power)
 
 
-@scheduler("reduce_on_plateau")
+@SCHEDULE_BUILDERS.register(s.ReduceOnPlateau)
 def _plateau(sch: s.ReduceOnPlateau, opt: torch.optim.Optimizer, total: int) -> Any:
     mode = sch.mode if sch.mode != "auto" else ("max" if "acc" in sch.monitor else "min")
     return lr_scheduler.ReduceLROnPlateau(
@@ -76,7 +78,7 @@ def _has_momentum(opt: torch.optim.Optimizer) -> bool:
     return "betas" in d or d.get("momentum", 0) > 0
 
 
-@scheduler("one_cycle")
+@SCHEDULE_BUILDERS.register(s.OneCycle)
 def _one_cycle(sch: s.OneCycle, opt: torch.optim.Optimizer, total: int) -> Any:
     return lr_scheduler.OneCycleLR(
         opt, max_lr=sch.max_lr, total_steps=max(total, 2), pct_start=sch.pct_start,
@@ -87,7 +89,7 @@ def _one_cycle(sch: s.OneCycle, opt: torch.optim.Optimizer, total: int) -> Any:
     )  # fmt: skip
 
 
-@scheduler("cyclic")
+@SCHEDULE_BUILDERS.register(s.Cyclic)
 def _cyclic(sch: s.Cyclic, opt: torch.optim.Optimizer, total: int) -> Any:
     return lr_scheduler.CyclicLR(
         opt, base_lr=sch.base_lr, max_lr=sch.max_lr, step_size_up=sch.step_size_up,
@@ -95,7 +97,7 @@ def _cyclic(sch: s.Cyclic, opt: torch.optim.Optimizer, total: int) -> Any:
     )  # fmt: skip
 
 
-@scheduler("cosine")
+@SCHEDULE_BUILDERS.register(s.Cosine)
 def _cosine(sch: s.Cosine, opt: torch.optim.Optimizer, total: int) -> Any:
     base = opt.param_groups[0]["lr"]
     floor = sch.min_lr / base
@@ -110,6 +112,9 @@ def _cosine(sch: s.Cosine, opt: torch.optim.Optimizer, total: int) -> Any:
     return _lambda(opt, factor)
 
 
+SCHEDULE_BUILDERS.check_complete()
+
+
 class LRSchedule:
     """Steps the torch scheduler at the spec's interval: call ``after_step`` after every
     optimizer step and ``after_epoch`` at the end of every epoch."""
@@ -119,14 +124,14 @@ class LRSchedule:
     ) -> None:
         self.spec = sch
         total = epochs * steps_per_epoch if sch.interval == "step" else epochs
-        self.scheduler = SCHEDULERS[sch.type](sch, opt, total)
+        self.scheduler = SCHEDULE_BUILDERS[sch](sch, opt, total)
 
     def after_step(self) -> None:
         if self.spec.interval == "step":
             self.scheduler.step()
 
     def after_epoch(self, metrics: dict[str, float]) -> None:
-        if self.spec.type == "reduce_on_plateau":
+        if isinstance(self.spec, s.ReduceOnPlateau):
             if self.spec.monitor not in metrics:
                 raise ConfigurationError(
                     f"reduce_on_plateau monitors {self.spec.monitor!r}, which this "
@@ -148,8 +153,6 @@ def planned(
 ) -> list[dict[str, float]]:
     """The learning rate (and momentum) at every optimizer step, computed without training.
     reduce_on_plateau depends on metrics, so it is planned as constant."""
-    from pipeline.train.optim import build_optimizer
-
     param = torch.nn.Parameter(torch.zeros(1))
     opt = build_optimizer(o, [param])
     schedule = LRSchedule(sch, opt, steps_per_epoch=steps_per_epoch, epochs=epochs)
@@ -168,6 +171,6 @@ def planned(
             )
             opt.step()
             schedule.after_step()
-        if sch.type != "reduce_on_plateau":
+        if not isinstance(sch, s.ReduceOnPlateau):
             schedule.after_epoch({})
     return rows

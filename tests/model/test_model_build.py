@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.model import ModelBuildError, SpecModel, assert_shapes, build_model
+from pipeline.model import ModelBuildError, Network, assert_shapes, build_model
 from pipeline.model.modules import ResidualBlock, WeightedBlock
-from pipeline.model.registry import BUILDERS
+from pipeline.model.registry import LAYER_BUILDERS
 from pipeline.spec.base import LAYERS
 from pipeline.spec.shapes import infer_shapes, named_layers
 
@@ -97,7 +97,7 @@ model:
 
 
 def test_every_layer_kind_has_a_builder():
-    missing = set(LAYERS.kinds) - {"block"} - set(BUILDERS)
+    missing = set(LAYERS.kinds) - {"block"} - {cls.type_name for cls in LAYER_BUILDERS}
     assert not missing
 
 
@@ -170,7 +170,7 @@ def test_weighted_layer_structure_and_names(spec_of):
             [1, 28, 28],
         )
     )
-    assert isinstance(model, SpecModel)
+    assert isinstance(model, Network)
     assert list(model.conv2d_1._modules) == ["conv", "bn", "act"]
     assert list(model.get_submodule("top")._modules) == ["conv", "act", "bn"]
     assert isinstance(model.conv2d_1.bn, nn.BatchNorm2d)

@@ -80,3 +80,35 @@ def test_residual_rows_expand(spec_of):
     assert rows["residual_1.shortcut"].params == 16 * 8 + 4 * 16
     assert rows["residual_1"].params == 16 * 8 * 9 + 16 + 16 * 8 + 4 * 16
     assert model.layer_modules()["conv2d_2"] is model.residual_1.branch.conv2d_2
+
+
+def test_nested_composites_expand_and_their_layers_are_found_by_name(spec_of):
+    spec = spec_of(
+        """
+        - {type: conv2d, filters: 8, kernel_size: 3, padding: same}
+        - type: residual
+          layers:
+            - type: residual
+              layers: [{type: conv2d, filters: 8, kernel_size: 3, padding: same, name: deep}]
+            - {type: relu}
+        - {type: flatten}
+        - {type: dense, units: 10}
+        """,
+        [1, 28, 28],
+    )
+    model = build_model(spec, device="meta")
+    rows = {r.name: r for r in summarize(model, spec, expand=True).rows}
+    assert list(rows) == [
+        "conv2d_1",
+        "residual_1",
+        "residual_1.residual_2",
+        "residual_1.relu_1",
+        "residual_1.shortcut",
+        "flatten_1",
+        "dense_1",
+    ]
+    assert rows["residual_1.residual_2"].output_shape == (8, 28, 28)
+    assert rows["residual_1.residual_2"].params == 8 * 8 * 9 + 8
+    layers = model.layer_modules()
+    assert layers["deep"] is model.residual_1.branch.residual_2.branch.deep
+    assert layers["relu_1"] is model.residual_1.branch.relu_1

@@ -10,16 +10,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.spec.errors import Mark, SpecError
-from pipeline.spec.yamlio import (
-    MappingNode,
-    SequenceNode,
-    copy_node,
-    key_mark,
-    load_file,
-    load_text,
-    locate,
-    mapping,
-)
+from pipeline.spec.located import MappingNode, SequenceNode, copy_node, key_mark, locate, mapping
+from pipeline.spec.yamlio import load_file, load_text
 
 SPEC = """\
 name: demo

@@ -8,7 +8,7 @@ Data: ``specs/mnist_convnet.yaml`` prepared (train split: 54,001 images after it
 split). Every loader row ends with float32 batches normalized with the dataset's mean/std, in
 channels_last, ready for the model. Train: the seeds' convnet (conv32-pool-conv64-pool-conv64-
 flatten-dense64-dense10, 93,322 params) in plain PyTorch, RMSprop (Keras defaults), channels_last,
-glibc's allocator kept from mmap-ing each step's activations (shared/docs/performance.md).
+glibc's allocator kept from mmap-ing each step's activations (benchmarks/README.md).
 Each time is the fastest of ``--repeats`` loader epochs or ``--train-epochs`` training epochs (a
 fresh model each): other work on a shared machine only ever slows a run down.
 """

@@ -79,21 +79,3 @@ class Builders(Generic[F]):
                 f"no {self.what} builder for the spec's {self.kinds.group} kinds {classes}: "
                 "register a builder for each with @<its table>.register(<class>)"
             )
-
-
-class Registry(dict[str, F]):
-    """Deprecated: a name -> builder table (being replaced by :class:`Builders`)."""
-
-    def __init__(self, what: str) -> None:
-        super().__init__()
-        self.what = what
-
-    def register(self, *names: str) -> Callable[[F], F]:
-        def add(fn: F) -> F:
-            for name in names:
-                if name in self:
-                    raise ValueError(f"{self.what} {name!r} is registered twice")
-                self[name] = fn
-            return fn
-
-        return add

@@ -19,11 +19,11 @@ _M_MMAP_MAX = -4
 def tune_allocator() -> bool:
     """Stop glibc from mmap/munmap-ing every step's activations (about 11 MB per MNIST batch).
 
-    Measured here: 1.5-2.6x faster CPU training (shared/docs/performance.md). Allocations are
-    served from the heap whatever their size (``M_MMAP_MAX`` 0; raising ``M_MMAP_THRESHOLD``
-    stops at glibc's 32 MiB ceiling, which batch-512 inference exceeds: 9.7k -> 15.8k img/s),
-    and freed memory is kept for the next step rather than trimmed. ``PIPELINE_NO_MALLOPT=1``
-    leaves the allocator alone."""
+    It alone made CPU training 1.5-1.75x faster (benchmarks/README.md, "The allocator
+    setting"). Allocations are served from the heap whatever their size (``M_MMAP_MAX`` 0;
+    raising ``M_MMAP_THRESHOLD`` stops at glibc's 32 MiB ceiling, which batch-512 inference
+    exceeds: 9.7k -> 15.8k img/s), and freed memory is kept for the next step rather than
+    trimmed. ``PIPELINE_NO_MALLOPT=1`` leaves the allocator alone."""
     if os.environ.get("PIPELINE_NO_MALLOPT"):
         return False
     name = ctypes.util.find_library("c")

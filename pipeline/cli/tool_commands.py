@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.cli.common import add_overrides, load
-from pipeline.run import Run
 
 if TYPE_CHECKING:
     pass
@@ -105,6 +104,7 @@ def predict(args: argparse.Namespace) -> int:
 
 def lr_find(args: argparse.Namespace) -> int:
     from pipeline.data.prepare import prepare
+    from pipeline.run import Run
     from pipeline.train import explore
 
     spec = load(args)
@@ -121,6 +121,7 @@ def schedule_preview(args: argparse.Namespace) -> int:
     import math
 
     from pipeline.data.prepare import prepare
+    from pipeline.run import Run
     from pipeline.train import explore
 
     spec = load(args)

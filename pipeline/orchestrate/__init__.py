@@ -7,7 +7,7 @@ reports to, the pipeline-managed server, and the one dispatch.
   profile) when it answers; otherwise a local server the pipeline starts once and reuses (state
   in ``$PIPELINE_HOME/prefect-server.json``); should that fail, Prefect's ephemeral mode.
 - ``server``: the same, but an unreachable server is an error instead of a fall-back.
-- ``ephemeral``: Prefect's own temporary server in each process (about 8-10 s a process).
+- ``ephemeral``: Prefect's own temporary server, started anew in each process.
 - ``off``: the plain stage functions; Prefect is not even imported.
 
 Ephemeral mode pays the start of a temporary server in every process, so a ``dvc repro`` of

@@ -192,11 +192,12 @@ def validate_raw(raw: Any, *, base_dir: Path | None = None, check: bool = True) 
 
 
 def _load_reused(spec: Spec) -> list[Problem]:
+    from pipeline.spec.composite import Reuse
     from pipeline.spec.shapes import named_layers
 
     problems = []
     for path, _, layer in named_layers(spec.model.layers):
-        if getattr(layer, "type", "") != "reuse":
+        if not isinstance(layer, Reuse):
             continue
         target = spec.path_of(layer.spec)
         try:

@@ -29,7 +29,7 @@ from pipeline.data.augment import (
 from pipeline.data.preview import preview_grid
 from pipeline.registry import Builders
 from pipeline.spec import load_spec
-from pipeline.spec.base import TRANSFORMS, Kind, Registry
+from pipeline.spec.base import TRANSFORMS, Kind, Kinds
 from pipeline.spec.data import AugmentSection
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,7 +76,7 @@ def test_registry_covers_every_schema_transform() -> None:
 
 
 def test_a_transform_kind_without_a_builder_is_named_by_the_completeness_check() -> None:
-    kinds = Registry("augmentation")
+    kinds = Kinds("augmentation")
 
     @kinds.register
     class Blur(Kind):
@@ -88,7 +88,7 @@ def test_a_transform_kind_without_a_builder_is_named_by_the_completeness_check()
 
     table: Builders[Any] = Builders(kinds, "augmentation")
     table.register(Sharpen)(lambda t: t)
-    with pytest.raises(TypeError, match=r"augmentation kinds blur\b"):
+    with pytest.raises(TypeError, match=r"augmentation kinds Blur \(blur\)"):
         table.check_complete()
     table.register(Blur)(lambda t: t)
     table.check_complete()
@@ -116,8 +116,9 @@ def test_importing_the_augment_package_fails_naming_a_schema_kind_without_a_buil
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode != 0
-    assert "TypeError: no augmentation builder for the spec's augmentation kinds posterize" in (
-        done.stderr
+    assert (
+        "TypeError: no augmentation builder for the spec's augmentation kinds Posterize (posterize)"
+        in (done.stderr)
     )
 
 

@@ -301,7 +301,9 @@ def new_run_id() -> str:
 
 def code_version(folder: str | Path | None = None) -> dict[str, Any] | None:
     """The git commit of ``folder`` (by default the pipeline package's source) and whether
-    tracked files differ from it; None outside a git work tree or without git."""
+    tracked files under ``folder`` differ from it; None outside a git work tree or without
+    git. Only ``folder`` counts: ``dvc repro`` rewrites dvc.lock before train runs, and the
+    spec is recorded whole beside this."""
     where = Path(folder) if folder is not None else Path(__file__).resolve().parent
 
     def git(*args: str) -> str | None:
@@ -316,7 +318,7 @@ def code_version(folder: str | Path | None = None) -> dict[str, Any] | None:
     commit = git("rev-parse", "HEAD")
     if commit is None:
         return None
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".")
     return {"commit": commit, "dirty": bool(status)}
 
 

@@ -180,6 +180,14 @@ def test_code_version_names_the_commit_and_whether_tracked_files_changed(tmp_pat
     assert code_version(repo)["dirty"] is False
     (repo / "a.txt").write_text("two\n")
     assert code_version(repo)["dirty"] is True
+    (repo / "pkg").mkdir()
+    (repo / "pkg" / "code.py").write_text("x = 1\n")
+    git("add", "-A")
+    git("commit", "-qm", "two")
+    (repo / "a.txt").write_text("three\n")  # outside the code's folder, as dvc.lock is
+    assert code_version(repo / "pkg")["dirty"] is False
+    (repo / "pkg" / "code.py").write_text("x = 2\n")
+    assert code_version(repo / "pkg")["dirty"] is True
 
 
 SPEC_A = """

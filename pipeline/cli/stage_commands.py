@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline import stages
 from pipeline.cli.common import add_overrides, load, stderr
 from pipeline.orchestrate import call
+
+if TYPE_CHECKING:
+    from pipeline.spec.spec import Spec
 
 _DATA_HELP = (
     "the prepared data folder to use (what 'prepare --out DIR' wrote), "
@@ -58,34 +61,24 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(handler=evaluate)
 
 
+def _run(stage: Any, spec: Spec, args: argparse.Namespace, **options: Any) -> Any:
+    """The stage on ``spec`` as the orchestration mode says (a flow reloads the spec file
+    with the same overrides)."""
+    return call(stage, spec, source=args.spec, overrides=args.overrides, **options)
+
+
 def prepare(args: argparse.Namespace) -> int:
     from pipeline.data.prepare import load_prepared, report
 
     spec = load(args)
-    root = call(
-        stages.prepare,
-        spec,
-        source=args.spec,
-        overrides=args.overrides,
-        force=args.force,
-        out=args.out,
-        log=stderr,
-    )
+    root = _run(stages.prepare, spec, args, force=args.force, out=args.out, log=stderr)
     print(report(load_prepared(root, mmap=True), as_json=args.json))
     return 0
 
 
 def train(args: argparse.Namespace) -> int:
-
     spec = load(args)
-    trained = call(
-        stages.train,
-        spec,
-        source=args.spec,
-        overrides=args.overrides,
-        resume=args.resume,
-        data=args.data,
-    )
+    trained = _run(stages.train, spec, args, resume=args.resume, data=args.data)
     print(
         f"trained {trained['epochs']} epochs; best epoch {trained['best_epoch']}; "
         f"outputs in {trained['run_dir']}"
@@ -94,11 +87,8 @@ def train(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-
     spec = load(args)
-    metrics = call(
-        stages.evaluate, spec, source=args.spec, overrides=args.overrides, data=args.data
-    )
+    metrics = _run(stages.evaluate, spec, args, data=args.data)
     for key, value in metrics.items():
         if "/" not in key:
             print(f"{key:24} {value:.4f}" if isinstance(value, float) else f"{key:24} {value}")
@@ -106,16 +96,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-
     spec = load(args)
-    metrics = call(
-        stages.experiment,
-        spec,
-        source=args.spec,
-        overrides=args.overrides,
-        resume=args.resume,
-        data=args.data,
-        log=stderr,
-    )
+    metrics = _run(stages.experiment, spec, args, resume=args.resume, data=args.data, log=stderr)
     print(f"test_accuracy {metrics['test_accuracy']:.4f}")
     return 0

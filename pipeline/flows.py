@@ -132,7 +132,7 @@ def _report(spec: Spec, *sections: list[str]) -> str:
 
 def _training(trained: dict[str, Any]) -> list[str]:
     """The training section: epochs, best epoch, why it stopped, the last epoch's metrics."""
-    from pipeline.train.loop import RUN_COLUMNS
+    from pipeline.train.live import RUN_COLUMNS
 
     lines = [
         "## Training",

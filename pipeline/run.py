@@ -91,7 +91,7 @@ class Run:
 
     @property
     def summary(self) -> Path:
-        """The training's outcome: epochs, best epoch, stopping reason, environment."""
+        """The training's outcome: epochs, best epoch, stopping reason, run id."""
         return self.dir / "train.json"
 
     @property
@@ -227,8 +227,8 @@ class Run:
                 self._keep(earlier, now, [])  # the checkpoint is of another run than the record
                 earlier = None
             if earlier is not None:
-                if _dump(spec) != earlier.get("spec"):
-                    entry["spec"] = _dump(spec)
+                if spec.resolved() != earlier.get("spec"):
+                    entry["spec"] = spec.resolved()
                 earlier.setdefault("resumed", []).append(entry)
                 self.write_json(self.record, earlier)
                 return earlier
@@ -255,7 +255,7 @@ class Run:
             "id": run_id or new_run_id(),
             "name": spec.name,
             **entry,
-            "spec": _dump(spec),
+            "spec": spec.resolved(),
         }
 
     def _remove(self, paths: Iterable[Path]) -> list[str]:
@@ -270,11 +270,6 @@ class Run:
                 path.unlink()
                 removed.append(name)
         return removed
-
-
-def _dump(spec: Spec) -> dict[str, Any]:
-    """The resolved spec as JSON: every default filled in, blocks expanded, no ``extends``."""
-    return spec.model_dump(mode="json", by_alias=True, exclude={"extends"})
 
 
 def _replaced_line(

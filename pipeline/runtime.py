@@ -99,18 +99,6 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.float16
 
 
-def environment() -> dict[str, Any]:
-    """What a run ran on, recorded with its metrics."""
-    info: dict[str, Any] = {
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cuda": torch.cuda.is_available(),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
 def describe_device(device: torch.device) -> dict[str, Any]:
     """The device a run uses, for its record: the GPU's name, or the CPU model and threads."""
     if device.type == "cuda":

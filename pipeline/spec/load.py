@@ -241,6 +241,5 @@ def load_spec_text(
 
 
 def to_yaml(spec: Spec) -> str:
-    """The resolved spec as YAML: every default filled in, blocks expanded, no ``extends``."""
-    data = spec.model_dump(mode="json", by_alias=True, exclude={"extends"}, exclude_none=True)
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
+    """The resolved spec (``Spec.resolved``) as YAML."""
+    return yaml.safe_dump(spec.resolved(), sort_keys=False, default_flow_style=None, width=100)

@@ -123,6 +123,11 @@ class Spec(StrictModel):
         """The ``-S`` overrides the spec was loaded with, as given (a run records them)."""
         return self._overrides
 
+    def resolved(self) -> dict[str, Any]:
+        """The spec actually used, as JSON data: every default filled in, blocks expanded, no
+        ``extends`` (``validate --resolved`` prints it as YAML, a run records it)."""
+        return self.model_dump(mode="json", by_alias=True, exclude={"extends"}, exclude_none=True)
+
     def path_of(self, relative: str) -> Path:
         """A path written in the spec, resolved against the spec file's folder."""
         return (self._base_dir / relative).resolve()

@@ -32,7 +32,7 @@ from pipeline.train.metrics import RunningMetrics, spec_loss
 from pipeline.train.optim import build_optimizer, clip_gradients
 from pipeline.train.schedules import LRSchedule
 
-__all__ = ["RUN_COLUMNS", "TrainResult", "Trainer", "TrainingDiverged", "train"]
+__all__ = ["TrainResult", "Trainer", "TrainingDiverged", "train"]
 
 Log = Callable[[str], None]
 
@@ -368,8 +368,7 @@ class Trainer:
             "monitor": self.monitor,
             "best": s.best,
             "stopped": s.stopped,
-            "environment": runtime.environment(),
-        }
+        }  # what it ran on is in the run's record (run.json), under the same run_id
         if s.history:
             summary["last"] = s.history[-1]
         self.run_folder.write_json(self.run_folder.summary, summary)

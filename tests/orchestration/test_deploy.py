@@ -12,31 +12,15 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from pipeline.orchestrate.server import free_port, healthy
 from tests.train.test_loop import CONVNET
 
 REPO = Path(__file__).resolve().parents[2]
 POOL = "pipeline-local"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 def _stop(proc: subprocess.Popen, timeout: float = 15) -> None:
@@ -57,7 +41,7 @@ def _stop(proc: subprocess.Popen, timeout: float = 15) -> None:
 def server(tmp_path: Path):
     """`prefect server start` on a free loopback port, SQLite in a temp PREFECT_HOME; the
     environment its clients need."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PIPELINE_"))}
     env.update(
@@ -86,7 +70,7 @@ def server(tmp_path: Path):
     )
     try:
         deadline = time.monotonic() + 90
-        while not _healthy(url):
+        while not healthy(url):
             assert proc.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
             assert time.monotonic() < deadline, "the server did not start in 90 s"
             time.sleep(0.2)

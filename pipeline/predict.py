@@ -37,14 +37,14 @@ def load_image(path: str | Path, meta: dict[str, Any]) -> np.ndarray:
     resized as prepare does for the model's data source. Raises OSError/ValueError on a bad
     file (what PIL raises)."""
     from pipeline.data import select as sel
-    from pipeline.data.folders import decode as _decode
+    from pipeline.data.folders import decode
 
     c, h, w = meta["image_shape"]
     mode = "L" if c == 1 else "RGB"
     if meta.get("resize") == "pil_bilinear":  # image folders: PIL decodes and resizes at once
-        return _decode(Path(path), mode, (h, w))
+        return decode(Path(path), mode, (h, w))
     # Built-in datasets are resized as tensors (antialiased bilinear): decode at full size.
-    arr = np.array(_decode(Path(path), mode, None))  # a writable copy: torch shares it
+    arr = np.array(decode(Path(path), mode, None))  # a writable copy: torch shares it
     return sel.resize(torch.from_numpy(arr)[None], (h, w))[0].numpy()
 
 

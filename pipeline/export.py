@@ -4,6 +4,10 @@ An exported file holds everything ``pipeline.predict`` needs besides the images:
 image shape and colour mode, the resize method, normalization mean/std and the output
 activation, as JSON (TorchScript: the extra file ``pipeline.json``; ONNX: the ``metadata_props``
 entry of the same name).
+
+ONNX is the default: an ONNX file is a graph for onnxruntime, safe to pass around. A TorchScript
+file is code that runs when it is loaded, so each one written here has its sha256 recorded in the
+runs folder (:mod:`pipeline.export_trust`), and only recorded ones load without ``--trust``.
 """
 
 from __future__ import annotations
@@ -20,16 +24,18 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from pipeline import export_trust
 from pipeline.atomic import replacing, write_text
 from pipeline.errors import PipelineError
+from pipeline.export_check import METADATA_FORMAT, METADATA_KEY
+from pipeline.export_check import read_metadata as read_metadata  # the reader, for callers
 from pipeline.run import Run
 
 if TYPE_CHECKING:
     from pipeline.spec.spec import Spec
 
-METADATA_KEY = "pipeline.json"
-METADATA_FORMAT = 1
 FORMATS = ("torchscript", "onnx")
+DEFAULT_FORMAT = "onnx"  # data, not code: the one to hand to others
 SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 ONNX_OPSET = 17
@@ -260,6 +266,9 @@ def _torchscript(model: nn.Module, shape: Sequence[int], path: Path, meta_json: 
     with warnings.catch_warnings(), replacing(path) as tmp:
         warnings.simplefilter("ignore", FutureWarning)
         torch.jit.save(traced, str(tmp), _extra_files={METADATA_KEY: meta_json})
+        digest = export_trust.sha256(tmp.read_bytes())
+    # Ours: predict loads it without --trust while the runs folder keeps this record.
+    export_trust.record(path, digest, name=json.loads(meta_json)["name"])
 
 
 def _onnx(model: nn.Module, shape: Sequence[int], path: Path, meta_json: str) -> None:
@@ -267,7 +276,8 @@ def _onnx(model: nn.Module, shape: Sequence[int], path: Path, meta_json: str) ->
         import onnx
     except ImportError as err:
         raise ExportError(
-            "ONNX export needs the onnx package: pip install 'pipeline[export]'"
+            "ONNX export needs the onnx package: pip install 'pipeline[export]' (or pass "
+            "--format torchscript)"
         ) from err
     example = torch.randn((2, *shape), generator=torch.Generator().manual_seed(0))
     with warnings.catch_warnings(), replacing(path) as tmp:
@@ -307,7 +317,8 @@ def export(
     with the metadata inside, and ``export.json`` (metadata plus the fold report: folded and
     remaining batch norms, max abs difference, CPU latency before/after). Returns format ->
     path, and 'metadata' -> export.json. ``prepared_meta``: the prepared data's meta (by
-    default ``prepare(spec).meta``, a no-op when prepared already)."""
+    default ``prepare(spec).meta``, a no-op when prepared already). Each TorchScript file's
+    sha256 goes into the runs folder's manifest."""
     formats = list(dict.fromkeys(formats))
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
@@ -357,33 +368,3 @@ def export_run(
     model, _ = load_trained(spec, checkpoint)
     out = out_dir or Run.of(spec).export
     return export(spec, model, out, formats, fold=fold, prepared_meta=prepare(spec).meta)
-
-
-def jit_load(path: str | Path, extra: dict[str, str]) -> torch.jit.ScriptModule:
-    """torch.jit.load on the CPU, filling ``extra``, without its deprecation notice."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        return torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-
-
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The metadata inside an exported ``.pt`` (TorchScript) or ``.onnx`` file."""
-    path = Path(path)
-    if path.suffix == ".onnx":
-        try:
-            import onnx
-        except ImportError as err:
-            raise ExportError(
-                "reading ONNX needs the onnx package: pip install 'pipeline[export]'"
-            ) from err
-        props = {
-            p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props
-        }
-        text = props.get(METADATA_KEY)
-    else:
-        extra = {METADATA_KEY: ""}
-        jit_load(path, extra)
-        text = extra[METADATA_KEY] or None
-    if not text:
-        raise ExportError(f"{path} has no {METADATA_KEY} metadata: export it with pipeline export")
-    return json.loads(text)

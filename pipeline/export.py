@@ -17,7 +17,7 @@ import json
 import statistics
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -202,11 +202,29 @@ def fold_report(
         "not_folded": batch_norm_names(folded_model),
         "max_abs_diff": max_abs_diff(model, folded_model, x),
     }
-    if latency:
+    report["summary"] = fold_summary(report)
+    if latency and folded:  # nothing folded: the same model twice, nothing to time
         report["latency_ms"] = latency_ms(
             {"before": model, "after": folded_model}, input_shape, repeats=repeats
         )
     return folded_model, report
+
+
+def fold_summary(report: dict[str, Any]) -> str:
+    """One line on what a fold did: how many batch norms it folded, or plainly none."""
+    folded, left = report["folded"], report["not_folded"]
+    if not folded and not left:
+        return "fold_batch_norm: the model has no batch norm; nothing folded"
+    rest = f"{len(left)} left as they are ({', '.join(left)})" if left else "none left"
+    if not folded:
+        return (
+            f"fold_batch_norm: no batch norm follows a conv/linear directly; nothing folded, {rest}"
+        )
+    return (
+        f"fold_batch_norm: folded {len(folded)} batch norm(s) into the conv/linear before "
+        f"them ({', '.join(folded)}), max abs output difference {report['max_abs_diff']:.2g}; "
+        f"{rest}"
+    )
 
 
 # ---- metadata ------------------------------------------------------------------------------
@@ -311,14 +329,15 @@ def export(
     prepared_meta: dict[str, Any] | None = None,
     latency: bool = True,
     repeats: int = 30,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Path]:
     """Write the eval-mode model (batch norm folded first when ``fold``) in each of
     ``formats`` ('torchscript' -> ``<name>.pt``, 'onnx' -> ``<name>.onnx``) under ``out_dir``,
     with the metadata inside, and ``export.json`` (metadata plus the fold report: folded and
     remaining batch norms, max abs difference, CPU latency before/after). Returns format ->
     path, and 'metadata' -> export.json. ``prepared_meta``: the prepared data's meta (by
-    default ``prepare(spec).meta``, a no-op when prepared already). Each TorchScript file's
-    sha256 goes into the runs folder's manifest."""
+    default ``prepare(spec).meta``, a no-op when prepared already); ``log``: where to say what
+    the fold did. Each TorchScript file's sha256 goes into the runs folder's manifest."""
     formats = list(dict.fromkeys(formats))
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
@@ -336,6 +355,8 @@ def export(
     report: dict[str, Any] | None = None
     if fold:
         model, report = fold_report(model, shape, latency=latency, repeats=repeats)
+        if log is not None:
+            log(report["summary"])
     meta = metadata(spec, model, prepared_meta) | {
         "batch_norm_folded": report["folded"] if report else []
     }
@@ -359,6 +380,7 @@ def export_run(
     fold: bool = False,
     out_dir: str | Path | None = None,
     checkpoint: str = "best",
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Path]:
     """Export a trained run: its ``checkpoint`` (best or last) into the run's ``export/``
     folder (or ``out_dir``). What ``pipeline export`` calls."""
@@ -367,4 +389,4 @@ def export_run(
 
     model, _ = load_trained(spec, checkpoint)
     out = out_dir or Run.of(spec).export
-    return export(spec, model, out, formats, fold=fold, prepared_meta=prepare(spec).meta)
+    return export(spec, model, out, formats, fold=fold, prepared_meta=prepare(spec).meta, log=log)

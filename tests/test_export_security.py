@@ -26,7 +26,7 @@ from PIL import Image
 from torch import nn
 
 from pipeline.cli import main
-from pipeline.export import export, read_metadata
+from pipeline.export import export, fold_report, read_metadata
 from pipeline.model.build import build_model
 from pipeline.spec import load_spec_text
 
@@ -465,6 +465,33 @@ def test_bad_mc_samples_is_one_line(samples: str, tmp_path: Path, image: Path, c
     one_error_line(err, "--mc-samples")
 
 
+# ---- 3. folding batch norm says what it folded ---------------------------------------------
+
+
+def test_fold_report_counts_and_says_when_nothing_folds():
+    _, report = fold_report(tiny_model(), META["image_shape"], latency=False)
+    assert report["folded"] == ["batch_norm_1"]
+    assert report["summary"].startswith("fold_batch_norm: folded 1 batch norm(s)")
+
+    after_relu = SPEC.replace(
+        "    - {type: batch_norm}\n    - {type: relu}\n",
+        "    - {type: relu}\n    - {type: batch_norm}\n",
+    )
+    model = build_model(load_spec_text(after_relu), load_weights=False).eval()
+    _, report = fold_report(model, META["image_shape"])
+    assert report["folded"] == [] and report["not_folded"] == ["batch_norm_1"]
+    assert report["summary"] == (
+        "fold_batch_norm: no batch norm follows a conv/linear directly; nothing folded, "
+        "1 left as they are (batch_norm_1)"
+    )
+    assert "latency_ms" not in report  # the same model twice: nothing to time
+
+    no_bn = SPEC.replace("    - {type: batch_norm}\n", "")
+    model = build_model(load_spec_text(no_bn), load_weights=False).eval()
+    _, report = fold_report(model, META["image_shape"], latency=False)
+    assert report["summary"] == "fold_batch_norm: the model has no batch norm; nothing folded"
+
+
 # ---- a trained run: the CLI's export and evaluate ------------------------------------------
 
 TRAINED = """\
@@ -523,12 +550,14 @@ def project(trained: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return trained
 
 
-def test_export_writes_onnx_by_default(project: Path, image, capsys):
+def test_export_writes_onnx_by_default_and_says_nothing_folded(project: Path, image, capsys):
     export_dir = project / "runs" / "tiny_run" / "export"
     shutil.rmtree(export_dir, ignore_errors=True)
-    rc, out, err = run_cli(capsys, "export", "tiny_run.yaml")
+    rc, out, err = run_cli(capsys, "export", "tiny_run.yaml")  # evaluate.fold_batch_norm: true
     assert rc == 0, err
     assert sorted(p.name for p in export_dir.iterdir()) == ["export.json", "tiny_run.onnx"]
+    assert "fold_batch_norm: no batch norm follows a conv/linear directly; nothing folded" in out
+    assert "max abs" not in out
     rc, out, err = run_cli(capsys, "predict", export_dir / "tiny_run.onnx", image)
     assert rc == 0 and err == "" and out.startswith(f"{image}: ")
 
@@ -540,3 +569,17 @@ def test_exported_torchscript_predicts_without_trust(project: Path, image, capsy
     assert (project / "runs" / ".exports" / "manifest.json").is_file()
     rc, out, err = run_cli(capsys, "predict", pt, image)
     assert rc == 0 and err == "" and out.startswith(f"{image}: ")
+
+
+def test_evaluate_reports_no_fold_instead_of_a_zero_difference(project: Path):
+    from pipeline.evaluate import evaluate
+
+    lines: list[str] = []
+    metrics = evaluate(load_spec_text(TRAINED), log=lines.append)
+    assert metrics["fold_batch_norms_folded"] == 0
+    assert "fold_max_abs_diff" not in metrics and "fold_test_accuracy" not in metrics
+    assert not any(k.startswith("latency_ms") for k in metrics)
+    assert (
+        "fold_batch_norm: no batch norm follows a conv/linear directly; nothing folded, "
+        "1 left as they are (batch_norm_1)"
+    ) in lines

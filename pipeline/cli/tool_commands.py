@@ -89,7 +89,7 @@ def export(args: argparse.Namespace) -> int:
     spec = load(args)
     formats = args.formats or list(spec.evaluate.export) or [DEFAULT_FORMAT]
     fold = args.fold or spec.evaluate.fold_batch_norm
-    written = export_run(spec, formats, fold=fold)
+    written = export_run(spec, formats, fold=fold, log=print)
     for kind, path in written.items():
         print(f"{kind:12} {path}")
     return 0

@@ -158,12 +158,15 @@ def evaluate(
         from pipeline.export import fold_report
 
         folded, report = fold_report(model, prepared.image_shape)
-        fp, _ = collect(folded, loader)
-        metrics["fold_max_abs_diff"] = report["max_abs_diff"]
-        metrics["fold_test_accuracy"] = float((fp.argmax(1) == labels).float().mean())
-        for kind, ms in report["latency_ms"].items():
-            for batch, value in ms.items():
-                metrics[f"latency_ms_{kind}_batch{batch}"] = value
+        log(report["summary"])
+        metrics["fold_batch_norms_folded"] = len(report["folded"])
+        if report["folded"]:  # else the same model: no difference, accuracy or latency to report
+            fp, _ = collect(folded, loader)
+            metrics["fold_max_abs_diff"] = report["max_abs_diff"]
+            metrics["fold_test_accuracy"] = float((fp.argmax(1) == labels).float().mean())
+            for kind, ms in report["latency_ms"].items():
+                for batch, value in ms.items():
+                    metrics[f"latency_ms_{kind}_batch{batch}"] = value
     if spec.evaluate.export:
         from pipeline.export import export
 

@@ -4,6 +4,10 @@ An exported file holds everything ``pipeline.predict`` needs besides the images:
 image shape and colour mode, the resize method, normalization mean/std and the output
 activation, as JSON (TorchScript: the extra file ``pipeline.json``; ONNX: the ``metadata_props``
 entry of the same name).
+
+ONNX is the default: an ONNX file is a graph for onnxruntime, safe to pass around. A TorchScript
+file is code that runs when it is loaded, so each one written here has its sha256 recorded in the
+runs folder (:mod:`pipeline.export_trust`), and only recorded ones load without ``--trust``.
 """
 
 from __future__ import annotations
@@ -13,23 +17,25 @@ import json
 import statistics
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from pipeline import export_trust
 from pipeline.atomic import replacing, write_text
 from pipeline.errors import PipelineError
+from pipeline.export_check import METADATA_FORMAT, METADATA_KEY
+from pipeline.export_check import read_metadata as read_metadata  # the reader, for callers
 from pipeline.run import Run
 
 if TYPE_CHECKING:
     from pipeline.spec.spec import Spec
 
-METADATA_KEY = "pipeline.json"
-METADATA_FORMAT = 1
 FORMATS = ("torchscript", "onnx")
+DEFAULT_FORMAT = "onnx"  # data, not code: the one to hand to others
 SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 ONNX_OPSET = 17
@@ -196,11 +202,29 @@ def fold_report(
         "not_folded": batch_norm_names(folded_model),
         "max_abs_diff": max_abs_diff(model, folded_model, x),
     }
-    if latency:
+    report["summary"] = fold_summary(report)
+    if latency and folded:  # nothing folded: the same model twice, nothing to time
         report["latency_ms"] = latency_ms(
             {"before": model, "after": folded_model}, input_shape, repeats=repeats
         )
     return folded_model, report
+
+
+def fold_summary(report: dict[str, Any]) -> str:
+    """One line on what a fold did: how many batch norms it folded, or plainly none."""
+    folded, left = report["folded"], report["not_folded"]
+    if not folded and not left:
+        return "fold_batch_norm: the model has no batch norm; nothing folded"
+    rest = f"{len(left)} left as they are ({', '.join(left)})" if left else "none left"
+    if not folded:
+        return (
+            f"fold_batch_norm: no batch norm follows a conv/linear directly; nothing folded, {rest}"
+        )
+    return (
+        f"fold_batch_norm: folded {len(folded)} batch norm(s) into the conv/linear before "
+        f"them ({', '.join(folded)}), max abs output difference {report['max_abs_diff']:.2g}; "
+        f"{rest}"
+    )
 
 
 # ---- metadata ------------------------------------------------------------------------------
@@ -260,6 +284,9 @@ def _torchscript(model: nn.Module, shape: Sequence[int], path: Path, meta_json: 
     with warnings.catch_warnings(), replacing(path) as tmp:
         warnings.simplefilter("ignore", FutureWarning)
         torch.jit.save(traced, str(tmp), _extra_files={METADATA_KEY: meta_json})
+        digest = export_trust.sha256(tmp.read_bytes())
+    # Ours: predict loads it without --trust while the runs folder keeps this record.
+    export_trust.record(path, digest, name=json.loads(meta_json)["name"])
 
 
 def _onnx(model: nn.Module, shape: Sequence[int], path: Path, meta_json: str) -> None:
@@ -267,7 +294,8 @@ def _onnx(model: nn.Module, shape: Sequence[int], path: Path, meta_json: str) ->
         import onnx
     except ImportError as err:
         raise ExportError(
-            "ONNX export needs the onnx package: pip install 'pipeline[export]'"
+            "ONNX export needs the onnx package: pip install 'pipeline[export]' (or pass "
+            "--format torchscript)"
         ) from err
     example = torch.randn((2, *shape), generator=torch.Generator().manual_seed(0))
     with warnings.catch_warnings(), replacing(path) as tmp:
@@ -301,13 +329,15 @@ def export(
     prepared_meta: dict[str, Any] | None = None,
     latency: bool = True,
     repeats: int = 30,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Path]:
     """Write the eval-mode model (batch norm folded first when ``fold``) in each of
     ``formats`` ('torchscript' -> ``<name>.pt``, 'onnx' -> ``<name>.onnx``) under ``out_dir``,
     with the metadata inside, and ``export.json`` (metadata plus the fold report: folded and
     remaining batch norms, max abs difference, CPU latency before/after). Returns format ->
     path, and 'metadata' -> export.json. ``prepared_meta``: the prepared data's meta (by
-    default ``prepare(spec).meta``, a no-op when prepared already)."""
+    default ``prepare(spec).meta``, a no-op when prepared already); ``log``: where to say what
+    the fold did. Each TorchScript file's sha256 goes into the runs folder's manifest."""
     formats = list(dict.fromkeys(formats))
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
@@ -325,6 +355,8 @@ def export(
     report: dict[str, Any] | None = None
     if fold:
         model, report = fold_report(model, shape, latency=latency, repeats=repeats)
+        if log is not None:
+            log(report["summary"])
     meta = metadata(spec, model, prepared_meta) | {
         "batch_norm_folded": report["folded"] if report else []
     }
@@ -348,6 +380,7 @@ def export_run(
     fold: bool = False,
     out_dir: str | Path | None = None,
     checkpoint: str = "best",
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Path]:
     """Export a trained run: its ``checkpoint`` (best or last) into the run's ``export/``
     folder (or ``out_dir``). What ``pipeline export`` calls."""
@@ -356,34 +389,4 @@ def export_run(
 
     model, _ = load_trained(spec, checkpoint)
     out = out_dir or Run.of(spec).export
-    return export(spec, model, out, formats, fold=fold, prepared_meta=prepare(spec).meta)
-
-
-def jit_load(path: str | Path, extra: dict[str, str]) -> torch.jit.ScriptModule:
-    """torch.jit.load on the CPU, filling ``extra``, without its deprecation notice."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        return torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-
-
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The metadata inside an exported ``.pt`` (TorchScript) or ``.onnx`` file."""
-    path = Path(path)
-    if path.suffix == ".onnx":
-        try:
-            import onnx
-        except ImportError as err:
-            raise ExportError(
-                "reading ONNX needs the onnx package: pip install 'pipeline[export]'"
-            ) from err
-        props = {
-            p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props
-        }
-        text = props.get(METADATA_KEY)
-    else:
-        extra = {METADATA_KEY: ""}
-        jit_load(path, extra)
-        text = extra[METADATA_KEY] or None
-    if not text:
-        raise ExportError(f"{path} has no {METADATA_KEY} metadata: export it with pipeline export")
-    return json.loads(text)
+    return export(spec, model, out, formats, fold=fold, prepared_meta=prepare(spec).meta, log=log)

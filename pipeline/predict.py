@@ -3,11 +3,14 @@
 Each image goes through what prepare did to the training images (colour mode, resize by the
 same method, /255, the stored mean/std), so a file of the training set gets the prediction its
 prepared array gets.
+
+An exported file is checked before anything is decoded for it (:mod:`pipeline.export_check`):
+ONNX is the recommended source; a TorchScript file is code and loads only when this project
+exported it (its sha256 is in the runs folder's manifest) or with ``trust``.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,12 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline import export_check, export_trust
 from pipeline.errors import PipelineError
-from pipeline.export import METADATA_KEY, ExportError, jit_load, metadata
+from pipeline.export import metadata
 from pipeline.model.modules import PROBABILITIES
 
 TOP = 5
 EXPORT_SUFFIXES = (".pt", ".pts", ".onnx")
+BATCH_VALUES = 1 << 26  # floats in one input batch (256 MiB): fewer images a batch when large
 
 Probabilities = Callable[[torch.Tensor], torch.Tensor]
 
@@ -81,59 +86,63 @@ def _spec_source(path: Path, checkpoint: str) -> tuple[Any, dict[str, Any], Any]
     return model, meta, spec
 
 
-def _torchscript_source(path: Path) -> tuple[Probabilities, dict[str, Any]]:
-    extra = {METADATA_KEY: ""}
+def _check_logits(logits: Any, meta: dict[str, Any], path: Path) -> None:
+    """A model from a file gives (N, classes) logits, or says plainly that it does not."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        got = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise PredictError(f"{path}: the model gives {got}, not (batch, classes) logits")
     try:
-        module = jit_load(path, extra)
-    except RuntimeError as err:
-        raise PredictError(
-            f"{path} is not a TorchScript export ({err}); for a checkpoint, pass its spec instead"
-        ) from None
-    if not extra[METADATA_KEY]:
-        raise PredictError(f"{path} has no {METADATA_KEY} metadata: export it with pipeline export")
-    meta = json.loads(extra[METADATA_KEY])
+        export_check.check_outputs(logits.shape[1], meta, path)
+    except export_check.ExportFileError as err:
+        raise PredictError(str(err)) from None
+
+
+def _torchscript_source(path: Path, trust: bool) -> tuple[Probabilities, dict[str, Any]]:
+    module, meta = export_check.load_torchscript(path, trust=trust)
     module.eval()
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return _activate(module(x), meta["output_activation"])
+        try:
+            with torch.inference_mode():
+                logits = module(x)
+        except RuntimeError as err:
+            raise PredictError(f"{path} fails on its input: {export_check.one_line(err)}") from None
+        _check_logits(logits, meta, path)
+        return _activate(logits, meta["output_activation"])
 
     return run, meta
 
 
 def _onnx_source(path: Path) -> tuple[Probabilities, dict[str, Any]]:
-    try:
-        import onnxruntime as ort
-    except ImportError as err:
-        raise PredictError(
-            "predicting with ONNX needs onnxruntime: pip install 'pipeline[export]'"
-        ) from err
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    # onnxruntime reads metadata_props itself: no onnx package needed here.
-    text = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-    if not text:
-        raise PredictError(f"{path} has no {METADATA_KEY} metadata: export it with pipeline export")
-    meta = json.loads(text)
+    session, meta = export_check.onnx_session(path)
     name = session.get_inputs()[0].name
+    errors = export_check.ort_errors()
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        (logits,) = session.run(None, {name: x.numpy()})[:1]
-        return _activate(torch.from_numpy(logits), meta["output_activation"])
+        try:
+            logits = torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+        except errors as err:
+            raise PredictError(f"{path} fails on its input: {export_check.one_line(err)}") from None
+        _check_logits(logits, meta, path)
+        return _activate(logits, meta["output_activation"])
 
     return run, meta
 
 
 def load_source(
-    source: str | Path, *, checkpoint: str = "best"
+    source: str | Path, *, checkpoint: str = "best", trust: bool = False
 ) -> tuple[Probabilities, dict[str, Any], Any]:
     """(probabilities function, metadata, model or None) of a spec (its trained run) or an
-    exported ``.pt``/``.onnx`` file. The model is returned only for a spec (MC dropout)."""
+    exported ``.pt``/``.onnx`` file. The model is returned only for a spec (MC dropout).
+    ``trust``: load a TorchScript file that this project's runs folder does not record."""
     path = Path(source)
-    if path.suffix in EXPORT_SUFFIXES:
-        if not path.is_file():
-            raise PredictError(f"no exported model at {path}")
-        run, meta = (_onnx_source if path.suffix == ".onnx" else _torchscript_source)(path)
-        return run, meta, None
+    try:
+        if path.suffix == ".onnx":
+            return (*_onnx_source(path), None)
+        if path.suffix in EXPORT_SUFFIXES:
+            return (*_torchscript_source(path, trust), None)
+    except (export_check.ExportFileError, export_trust.ManifestError) as err:
+        raise PredictError(str(err)) from None
     model, meta, _ = _spec_source(path, checkpoint)
 
     def probs(x: torch.Tensor) -> torch.Tensor:
@@ -169,6 +178,7 @@ def predict_files(
     mc_samples: int = 0,
     batch_size: int = 256,
     checkpoint: str = "best",
+    trust: bool = False,
 ) -> list[dict[str, Any]]:
     """Classify image files, in order. ``source``: a spec (its run's ``checkpoint``, best or
     last, and prepared meta) or an exported ``.pt``/``.onnx`` (metadata inside).
@@ -177,36 +187,42 @@ def predict_files(
     probability, best first), ``error`` (None, or why the file could not be read: then the
     class fields are None and the other files are still classified). ``mc_samples > 0`` (spec
     only): the mean over that many passes with dropout active, and ``spread`` (the std over
-    passes of the predicted class's probability)."""
+    passes of the predicted class's probability). ``trust``: load a TorchScript file that this
+    project's runs folder does not record as exported (it runs code: only a file you made).
+    Images are decoded a batch at a time, fewer a batch when they are large."""
     if mc_samples < 0:
-        raise ValueError(f"mc_samples must be >= 0, got {mc_samples}")
+        raise PredictError(f"--mc-samples must be >= 0, got {mc_samples}")
     if mc_samples == 1:
-        raise ValueError("mc_samples needs at least 2 passes for a spread (0 turns it off)")
+        raise PredictError("--mc-samples needs at least 2 passes for a spread (0 turns it off)")
     if mc_samples and Path(source).suffix in EXPORT_SUFFIXES:
         raise PredictError(
             "MC dropout needs the spec (the exported graph has dropout "
             "removed): pass the spec, or mc_samples=0"
         )
-    try:
-        probs, meta, model = load_source(source, checkpoint=checkpoint)
-    except ExportError as err:
-        raise PredictError(str(err)) from err
+    from PIL import Image
+
+    probs, meta, model = load_source(source, checkpoint=checkpoint, trust=trust)
     classes = list(meta["classes"])
     results: list[dict[str, Any] | None] = [None] * len(paths)
-    good: list[tuple[int, np.ndarray]] = []
-    for i, path in enumerate(paths):
-        try:
-            good.append((i, load_image(path, meta)))
-        except (OSError, ValueError, SyntaxError) as err:  # what PIL raises on broken files
-            results[i] = {
-                "file": str(path),
-                "class": None,
-                "probability": None,
-                "probabilities": {},
-                "error": f"cannot read image: {err}",
-            }
-    for start in range(0, len(good), batch_size):
-        chunk = good[start : start + batch_size]
+    c, h, w = meta["image_shape"]
+    batch = max(1, min(batch_size, BATCH_VALUES // (c * h * w)))
+    done = 0  # images classified so far: MC dropout seeds a batch by its first
+    for first in range(0, len(paths), batch):
+        chunk: list[tuple[int, np.ndarray]] = []
+        for i in range(first, min(first + batch, len(paths))):
+            try:
+                chunk.append((i, load_image(paths[i], meta)))
+            # what PIL raises on broken files; a decompression bomb is none of those
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+                results[i] = {
+                    "file": str(paths[i]),
+                    "class": None,
+                    "probability": None,
+                    "probabilities": {},
+                    "error": f"cannot read image: {err}",
+                }
+        if not chunk:
+            continue
         x = to_input(np.stack([arr for _, arr in chunk]), meta)
         spreads: list[float | None] = [None] * len(chunk)
         if mc_samples:
@@ -217,11 +233,12 @@ def predict_files(
                 model,
                 [(x, torch.zeros(len(x), dtype=torch.int64))],
                 mc_samples,
-                meta.get("seed", 0) + start,
+                meta.get("seed", 0) + done,
             )
             spreads = [float(s) for s in spread]
         else:
             p = probs(x)
         for (i, _), row, s in zip(chunk, p, spreads, strict=True):
             results[i] = _entry(str(paths[i]), classes, row, s)
+        done += len(chunk)
     return [r for r in results if r is not None]

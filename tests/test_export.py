@@ -150,7 +150,8 @@ def test_fold_in_plain_torch_sequentials_and_trained_statistics():
     assert float((model(x) - folded(x)).abs().max()) < 1e-5
 
 
-def test_torchscript_round_trip(tmp_path: Path):
+def test_torchscript_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("PIPELINE_RUNS_DIR", str(tmp_path / "runs"))  # its record of the export
     model = build()
     paths = export(
         spec_of(), model, tmp_path, ["torchscript"], fold=True, prepared_meta=META, repeats=2

@@ -22,15 +22,16 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--expand", action="store_true", help="list a backbone's own layers too")
     p.set_defaults(handler=summary)
 
-    p = sub.add_parser("export", help="TorchScript/ONNX files carrying classes and preprocessing")
+    p = sub.add_parser("export", help="ONNX/TorchScript files carrying classes and preprocessing")
     p.add_argument("spec", type=Path)
     add_overrides(p)
     p.add_argument(
         "--format",
         dest="formats",
         action="append",
-        choices=["torchscript", "onnx"],
-        help="repeatable; default: evaluate.export, else torchscript",
+        choices=["onnx", "torchscript"],
+        help="repeatable; default: evaluate.export, else onnx (TorchScript files are code: "
+        "predict loads only the ones this project exported)",
     )
     p.add_argument("--fold", action="store_true", help="fold batch norm into conv/dense first")
     p.set_defaults(handler=export)
@@ -40,6 +41,12 @@ def add_commands(sub: Any) -> None:
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--mc-samples", type=int, default=0, help="MC dropout passes (spec only)")
     p.add_argument("--json", action="store_true", help="print JSON lines")
+    p.add_argument(
+        "--trust",
+        action="store_true",
+        help="load a TorchScript file this project did not export (it runs code when loaded: "
+        "only a file you made; ONNX needs no trust)",
+    )
     p.set_defaults(handler=predict)
 
     p = sub.add_parser("lr-find", help="learning-rate range test: loss vs lr, a suggested lr")
@@ -77,11 +84,12 @@ def summary(args: argparse.Namespace) -> int:
 
 
 def export(args: argparse.Namespace) -> int:
-    from pipeline.export import export_run
+    from pipeline.export import DEFAULT_FORMAT, export_run
 
     spec = load(args)
-    formats = args.formats or list(spec.evaluate.export) or ["torchscript"]
-    written = export_run(spec, formats, fold=args.fold or spec.evaluate.fold_batch_norm)
+    formats = args.formats or list(spec.evaluate.export) or [DEFAULT_FORMAT]
+    fold = args.fold or spec.evaluate.fold_batch_norm
+    written = export_run(spec, formats, fold=fold, log=print)
     for kind, path in written.items():
         print(f"{kind:12} {path}")
     return 0
@@ -90,7 +98,7 @@ def export(args: argparse.Namespace) -> int:
 def predict(args: argparse.Namespace) -> int:
     from pipeline.predict import predict_files
 
-    results = predict_files(args.source, args.images, mc_samples=args.mc_samples)
+    results = predict_files(args.source, args.images, mc_samples=args.mc_samples, trust=args.trust)
     for r in results:
         if args.json:
             print(json.dumps(r, default=str))

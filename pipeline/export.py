@@ -294,8 +294,8 @@ def _onnx(model: nn.Module, shape: Sequence[int], path: Path, meta_json: str) ->
         import onnx
     except ImportError as err:
         raise ExportError(
-            "ONNX export needs the onnx package: pip install 'pipeline[export]' (or pass "
-            "--format torchscript)"
+            "ONNX export needs the onnx package, a dependency of the pipeline: pip install onnx "
+            "(or pass --format torchscript)"
         ) from err
     example = torch.randn((2, *shape), generator=torch.Generator().manual_seed(0))
     with warnings.catch_warnings(), replacing(path) as tmp:

@@ -209,8 +209,8 @@ def _import(name: str) -> Any:
         return importlib.import_module(name)
     except ImportError as err:
         raise ExportFileError(
-            f"ONNX files need the onnx and onnxruntime packages: pip install 'pipeline[export]' "
-            f"({err})"
+            "ONNX files need the onnx and onnxruntime packages, dependencies of the pipeline: "
+            f"pip install onnx onnxruntime ({err})"
         ) from None
 
 

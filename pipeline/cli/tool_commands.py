@@ -126,20 +126,21 @@ def lr_find(args: argparse.Namespace) -> int:
 
 
 def schedule_preview(args: argparse.Namespace) -> int:
-    import math
-
+    from pipeline.data.loader import batches_per_epoch
     from pipeline.data.prepare import prepare
     from pipeline.run import Run
     from pipeline.train import explore
 
     spec = load(args)
     n = len(prepare(spec).split("train")[1])
-    size = spec.train.batch_size
-    batches = n // size if spec.train.drop_last else math.ceil(n / size)
+    t = spec.train
+    batches = batches_per_epoch(n, t.batch_size, t.drop_last, "the train split")
+    steps = batches * sum(p.epochs for p in t.phases) if t.phases else batches * t.epochs
     out = args.output or Run.of(spec).schedule
     rows = explore.schedule_preview(spec, out, steps_per_epoch=batches)
+    shown = "" if len(rows) == steps else f", {len(rows):,} of them sampled"
     print(
-        f"{len(rows)} steps ({batches} per epoch): lr from {rows[0]['lr']:.3g} to "
+        f"{steps:,} steps ({batches:,} per epoch{shown}): lr from {rows[0]['lr']:.3g} to "
         f"{rows[-1]['lr']:.3g}, max {max(r['lr'] for r in rows):.3g}; plot: {out}/schedule.png"
     )
     return 0

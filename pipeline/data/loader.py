@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import torch
 
+from pipeline.errors import ConfigurationError
+
 if TYPE_CHECKING:
     from pipeline.data.prepare import Prepared
 
@@ -35,6 +37,19 @@ def epoch_seed(seed: int, epoch: int, stream: int) -> int:
     return int(seq.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
+def batches_per_epoch(n: int, batch_size: int, drop_last: bool, what: str = "the data") -> int:
+    """Batches an epoch of ``n`` samples gives; a ConfigurationError naming the sizes when that
+    is none (an epoch would train on nothing and report a loss of 0)."""
+    count = n // batch_size if drop_last else math.ceil(n / batch_size)
+    if count == 0:
+        why = f"batch_size {batch_size} with drop_last" if n else "it is empty"
+        raise ConfigurationError(
+            f"{what} has {n} samples: {why} leaves no batch, so an epoch would do nothing"
+            + (f"; use a batch_size of at most {n} or drop_last: false" if n else "")
+        )
+    return count
+
+
 def _available_ram() -> int:
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -48,7 +63,9 @@ class BatchLoader:
     ``resident``: on CUDA keep all uint8 images on the GPU ("auto": when they take under half of
     the free GPU memory), else copy each batch through pinned buffers. ``stream``: read a memmap
     in contiguous chunks (shuffled chunk order, shuffled within each chunk) instead of loading it
-    all; None: stream a memmap larger than half of the free RAM.
+    all; None: stream a memmap larger than half of the free RAM. An epoch without a batch (no
+    samples, or fewer than ``batch_size`` with ``drop_last``) is a ConfigurationError naming
+    ``name`` (the split) and the sizes.
     """
 
     def __init__(
@@ -68,11 +85,13 @@ class BatchLoader:
         stream: bool | None = None,
         chunk_samples: int | None = None,
         memory_format: torch.memory_format | None = None,
+        name: str = "the data",
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if len(x) != len(y):
             raise ValueError(f"{len(x)} images but {len(y)} labels")
+        batches_per_epoch(len(y), batch_size, drop_last, name)
         if str(x.dtype) not in ("uint8", "torch.uint8"):
             # The /255 and normalization run in place on each batch's float copy.
             raise ValueError(f"images must be uint8 (as prepare writes them), not {x.dtype}")
@@ -113,6 +132,7 @@ class BatchLoader:
         x, y = prepared.split(split)
         kwargs.setdefault("mean", prepared.mean)
         kwargs.setdefault("std", prepared.std)
+        kwargs.setdefault("name", f"the {split} split")
         return cls(x, y, batch_size, **kwargs)  # type: ignore[arg-type]
 
     def __len__(self) -> int:

@@ -1,18 +1,20 @@
 """Cross-field checks: rules no single field can enforce, each with its reason.
 
-A check is a function of the validated spec yielding problems; ``@check(name)`` registers it.
-Warnings can be silenced per spec with ``ignore_checks: [name]``; errors cannot.
+A check is a function of the validated spec yielding problems; ``@check(name)`` registers it
+(:mod:`pipeline.spec.check_registry`). Warnings can be silenced per spec with
+``ignore_checks: [name]``; errors cannot. The model's checks are here, those of training and
+its limits in :mod:`pipeline.spec.checks_train`.
 """
 
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 from pipeline.spec.activations import SELU, ActivationBase, activation_model
 from pipeline.spec.base import LayerKind
-from pipeline.spec.composite import ARCHS, Backbone
+from pipeline.spec.check_registry import CHECKS, check, run_checks
+from pipeline.spec.check_registry import warn as _warn
+from pipeline.spec.composite import Reuse
 from pipeline.spec.errors import Problem, did_you_mean
 from pipeline.spec.init import VarianceScaling, init_model
 from pipeline.spec.layers import (
@@ -24,45 +26,12 @@ from pipeline.spec.layers import (
     WeightedLayer,
 )
 from pipeline.spec.optim import Adam, ReduceOnPlateau
+from pipeline.spec.selectors import resolve, selectable
 from pipeline.spec.shapes import LayerShapeError, infer_shapes, named_layers
 from pipeline.spec.spec import Spec
 from pipeline.spec.train import LayerRange
 
-CheckFn = Callable[[Spec], Iterator[Problem]]
-
-
-@dataclass(frozen=True)
-class CheckInfo:
-    name: str
-    fn: CheckFn
-    doc: str
-
-
-CHECKS: dict[str, CheckInfo] = {}
-
-
-def check(name: str) -> Callable[[CheckFn], CheckFn]:
-    def register(fn: CheckFn) -> CheckFn:
-        CHECKS[name] = CheckInfo(name, fn, (fn.__doc__ or "").strip())
-        return fn
-
-    return register
-
-
-def run_checks(spec: Spec) -> list[Problem]:
-    """Every check's problems, named by the check, minus the warnings the spec silences."""
-    out: list[Problem] = []
-    for info in CHECKS.values():
-        for problem in info.fn(spec):
-            problem.code = info.name
-            if problem.severity == "warning" and info.name in spec.ignore_checks:
-                continue
-            out.append(problem)
-    return out
-
-
-def _warn(message: str, path: tuple, hint: str | None = None) -> Problem:
-    return Problem(message, path, severity="warning", hint=hint)
+__all__ = ["CHECKS", "check", "run_checks"]
 
 
 def _layers(spec: Spec) -> list[tuple[tuple, str, LayerKind]]:
@@ -273,26 +242,30 @@ def _mc_dropout(spec: Spec) -> Iterator[Problem]:
         yield Problem("mc_dropout needs dropout layers in the model", ("evaluate", "mc_dropout"))
 
 
-@check("layer-selectors")
-def _selectors(spec: Spec) -> Iterator[Problem]:
-    """freeze/unfreeze/param_groups must name layers that exist."""
-    names = [name for _, name, _ in _layers(spec)]
-    for _, name, layer in _layers(spec):
-        if isinstance(layer, Backbone):
-            sub = ARCHS[layer.arch].blocks
-            names += sub + [f"{name}.{s}" for s in sub]
-    count = len(spec.model.layers)
-    places: list[tuple[tuple, object]] = []
+def selector_places(spec: Spec) -> Iterator[tuple[tuple, object]]:
+    """(key path, selector) of every layer selector in the spec."""
     for i, sel in enumerate(spec.train.freeze):
-        places.append((("train", "freeze", i), sel))
+        yield ("train", "freeze", i), sel
     for p, phase in enumerate(spec.train.phases):
         for key in ("freeze", "unfreeze"):
             for i, sel in enumerate(getattr(phase, key)):
-                places.append((("train", "phases", p, key, i), sel))
+                yield ("train", "phases", p, key, i), sel
     for g, group in enumerate(spec.optimizer.param_groups):
         for i, sel in enumerate(group.layers):
-            places.append((("optimizer", "param_groups", g, "layers", i), sel))
-    for path, sel in places:
+            yield ("optimizer", "param_groups", g, "layers", i), sel
+
+
+@check("layer-selectors")
+def _selectors(spec: Spec) -> Iterator[Problem]:
+    """freeze/unfreeze/param_groups must name layers that exist: any name `pipeline summary
+    --expand` lists (reused and backbone layers as <layer>.<name>, a residual's as their own
+    names or <residual>.<name>), or a glob or index of them. An error: a selector that names
+    nothing would freeze nothing."""
+    table = selectable(spec.model.layers)
+    names = [s.name for s in table]
+    top = spec.model.layer_names()
+    count = len(top)
+    for path, sel in selector_places(spec):
         targets = [sel.from_, sel.before] if isinstance(sel, LayerRange) else [sel]
         for target in targets:
             if target is None:
@@ -302,9 +275,72 @@ def _selectors(spec: Spec) -> Iterator[Problem]:
                     yield Problem(
                         f"layer index {target} is out of range (the model has {count} layers)", path
                     )
-            elif not fnmatch.filter(names, target):
+            elif not (
+                target in names if isinstance(sel, LayerRange) else resolve(target, table, top)
+            ):
                 yield Problem(
                     f"no layer matches {target!r}",
                     path,
                     hint=did_you_mean(target, names) or f"layers: {', '.join(names)}",
                 )
+
+
+def _output_activation_of(layers: list, path: tuple) -> tuple[str, tuple] | None:
+    """The softmax/sigmoid the model ends with and where it is written (as the builder takes
+    it off for the loss: a final activation layer, or the last layer's activation unless a
+    batch norm follows it), looking into a reused model that ends this one."""
+    i = len(layers) - 1
+    last = layers[i]
+    if last.type in ("softmax", "sigmoid"):
+        return last.type, (*path, i)
+    act = activation_model(getattr(last, "activation", None))
+    probabilities = act is not None and act.type in ("softmax", "sigmoid")
+    if probabilities and getattr(last, "batch_norm", None) != "after":
+        return act.type, (*path, i, "activation")  # type: ignore[union-attr]
+    whole = isinstance(last, Reuse) and last.upto is None and last.drop_last == 0
+    if whole and last._source is not None and last._source.model.layers:
+        found = _output_activation_of(last._source.model.layers, ())
+        return (found[0], (*path, i)) if found else None
+    return None
+
+
+@check("output-activation")
+def _output_activation(spec: Spec) -> Iterator[Problem]:
+    """Every sample has one class: probabilities come from a softmax over several outputs or a
+    sigmoid on one (a sigmoid over several does not sum to 1, a softmax over one is always
+    1), and binary cross-entropy needs one output, cross-entropy several. An error."""
+    shape = spec.model.resolved_input_shape()
+    if shape is None:
+        return
+    try:
+        out = infer_shapes(spec.model.layers, shape, path=())[-1]
+    except LayerShapeError:
+        return  # the shapes check says where
+    if len(out) != 1:
+        return
+    units = out[0]
+    found = _output_activation_of(list(spec.model.layers), ("model", "layers"))
+    if found is not None and found[0] == "sigmoid" and units > 1:
+        yield Problem(
+            f"a sigmoid over {units} outputs gives each class its own probability: for "
+            "single-label classes they do not sum to 1 (predict would report them as they are)",
+            found[1],
+            hint="use activation: softmax (or one output unit with a sigmoid for two classes)",
+        )
+    if found is not None and found[0] == "softmax" and units == 1:
+        yield Problem(
+            "a softmax over one output is always 1",
+            found[1],
+            hint="use a sigmoid for one output unit (binary), or one unit per class",
+        )
+    loss = spec.train.loss
+    if (loss == "binary_cross_entropy") != (units == 1) and loss != "auto":
+        need = "one output unit" if loss == "binary_cross_entropy" else "two or more outputs"
+        yield Problem(
+            f"{loss} needs {need}; the model has {units}",
+            ("train", "loss"),
+            hint="loss: auto picks the one that fits",
+        )
+
+
+from pipeline.spec import checks_train  # noqa: E402, F401  (registers the training checks)

@@ -47,15 +47,28 @@ class BuiltinDataset(NamedTuple):
     width: int
     classes: list[str]
     torchvision: str  # the class of torchvision.datasets that reads it (pipeline.data.builtin)
+    train_counts: tuple[int, ...] | None = None
+    """Samples per class of the training split, in class order (None: not known here)."""
+    test_counts: tuple[int, ...] | None = None
+    """Samples per class of the test split: with ``train_counts``, what lets validate count a
+    spec's batches before prepare (``pipeline.spec.sizes``)."""
 
+
+MNIST_TRAIN_COUNTS = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)
+MNIST_TEST_COUNTS = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
 
 # The one table of built-in datasets: the schema's ``dataset`` choices (with image_folder, which
-# learns shape and classes in prepare), their input shapes and class names, and their readers.
+# learns shape and classes in prepare), their input shapes, class names and samples per class,
+# and their readers.
 DATASETS: dict[str, BuiltinDataset] = {
-    "mnist": BuiltinDataset(1, 28, 28, [str(d) for d in range(10)], "MNIST"),
-    "fashion_mnist": BuiltinDataset(1, 28, 28, FASHION_CLASSES, "FashionMNIST"),
-    "cifar10": BuiltinDataset(3, 32, 32, CIFAR10_CLASSES, "CIFAR10"),
-    "cifar100": BuiltinDataset(3, 32, 32, CIFAR100_CLASSES, "CIFAR100"),
+    "mnist": BuiltinDataset(
+        1, 28, 28, [str(d) for d in range(10)], "MNIST", MNIST_TRAIN_COUNTS, MNIST_TEST_COUNTS
+    ),
+    "fashion_mnist": BuiltinDataset(
+        1, 28, 28, FASHION_CLASSES, "FashionMNIST", (6000,) * 10, (1000,) * 10
+    ),
+    "cifar10": BuiltinDataset(3, 32, 32, CIFAR10_CLASSES, "CIFAR10", (5000,) * 10, (1000,) * 10),
+    "cifar100": BuiltinDataset(3, 32, 32, CIFAR100_CLASSES, "CIFAR100", (500,) * 100, (100,) * 100),
 }
 
 

@@ -16,11 +16,16 @@ from pipeline.spec.base import (
     Kind,
     NonNegativeFloat,
     PositiveFloat,
-    PositiveInt,
     StrictModel,
 )
 
 Beta = Annotated[float, Field(ge=0, lt=1)]
+
+MAX_STEPS = 100_000_000
+"""The most optimizer steps a run may take: at a millisecond a step (a small model on a fast
+GPU) that is over a day; more is a typo that would never finish (``1e9``)."""
+Steps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
+"""A duration in schedule intervals: at most MAX_STEPS (a longer one is never reached)."""
 
 
 class ParamGroup(StrictModel):
@@ -136,7 +141,7 @@ class StepSchedule(ScheduleBase):
     """lr * gamma^floor(t / step_size) (PyTorch StepLR)."""
 
     type: Literal["step"] = "step"
-    step_size: PositiveInt
+    step_size: Steps
     gamma: PositiveFloat = 0.1
 
 
@@ -145,7 +150,7 @@ class MultiStepSchedule(ScheduleBase):
     """Multiply by gamma at each milestone."""
 
     type: Literal["multi_step"] = "multi_step"
-    milestones: list[PositiveInt]
+    milestones: list[Steps]
     gamma: PositiveFloat = 0.1
 
 
@@ -154,7 +159,7 @@ class PiecewiseConstantSchedule(ScheduleBase):
     """values[i] while t <= boundaries[i] (Keras PiecewiseConstantDecay); values are rates."""
 
     type: Literal["piecewise_constant"] = "piecewise_constant"
-    boundaries: list[PositiveInt]
+    boundaries: list[Steps]
     values: list[PositiveFloat]
 
     @model_validator(mode="after")
@@ -174,7 +179,7 @@ class ExponentialSchedule(ScheduleBase):
     """lr * decay_rate^(t / decay_steps): divided by 10 every decay_steps with the default."""
 
     type: Literal["exponential"] = "exponential"
-    decay_steps: PositiveFloat
+    decay_steps: Annotated[float, Field(gt=0, le=MAX_STEPS)]
     decay_rate: PositiveFloat = 0.1
     staircase: bool = False
     """Use floor(t / decay_steps): change in jumps."""
@@ -185,7 +190,7 @@ class PowerSchedule(ScheduleBase):
     """lr / (1 + t / decay_steps)^power (inverse-time decay)."""
 
     type: Literal["power"] = "power"
-    decay_steps: PositiveFloat
+    decay_steps: Annotated[float, Field(gt=0, le=MAX_STEPS)]
     power: PositiveFloat = 1.0
 
 
@@ -232,7 +237,7 @@ class Cyclic(ScheduleBase):
     interval: Interval = "step"
     base_lr: PositiveFloat
     max_lr: PositiveFloat
-    step_size_up: PositiveInt = 2000
+    step_size_up: Steps = 2000
     """Half a cycle, in intervals (Smith suggests 2-10 epochs' worth of steps)."""
     mode: Literal["triangular", "triangular2", "exp_range"] = "triangular"
     gamma: PositiveFloat = 1.0
@@ -251,7 +256,7 @@ class Cosine(ScheduleBase):
 
     type: Literal["cosine"] = "cosine"
     interval: Interval = "step"
-    warmup: Annotated[int, Field(ge=0)] = 0
+    warmup: Annotated[int, Field(ge=0, le=MAX_STEPS)] = 0
     """Warm-up length in intervals."""
     min_lr: NonNegativeFloat = 0.0
 

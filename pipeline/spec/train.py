@@ -10,6 +10,11 @@ from pydantic import Field, field_validator
 from pipeline.spec.base import PositiveFloat, PositiveInt, StrictModel
 from pipeline.spec.optim import OptimizerSpec, ScheduleSpec
 
+MAX_EPOCHS = 10_000
+Epochs = Annotated[int, Field(ge=1, le=MAX_EPOCHS)]
+"""At most 10,000 epochs (over all phases too): at a second an epoch that is nearly three
+hours, at a minute a week; more is a typo that would never finish (``1e9``)."""
+
 
 class LayerRange(StrictModel):
     """A run of layers in model order (backbone sub-layers included): ``{from: block5_conv1}``
@@ -21,7 +26,9 @@ class LayerRange(StrictModel):
 
 LayerSelector = str | int | LayerRange
 """A layer name or glob (``backbone_1``, ``block5_*``), a top-level index (``-1`` is the last),
-or a range."""
+or a range. Names are those ``pipeline summary --expand`` lists: a reused model's layers as
+``<reuse>.<layer>``, a backbone's blocks as ``<backbone>.<block>`` (or bare: the first
+backbone's), a residual's layers by their own names or as ``<residual>.<layer>``."""
 
 
 def _monitor(value: str) -> str:
@@ -44,7 +51,7 @@ class EarlyStopping(StrictModel):
     patience: Annotated[int, Field(ge=0)] = 5
     min_delta: Annotated[float, Field(ge=0)] = 0.0
     restore_best: bool = True
-    """Finish with the weights of the best epoch, not the last."""
+    """Finish with the weights of the best epoch, not the last (needs train.checkpoint.best)."""
 
     _check_monitor = field_validator("monitor")(_monitor)
 
@@ -56,6 +63,8 @@ class Checkpoint(StrictModel):
     """auto: early stopping's monitor if set, else val_loss with a validation split, else loss."""
     mode: Literal["auto", "min", "max"] = "auto"
     best: bool = True
+    """Keep ``best.pt``: early stopping's restore_best, evaluate.checkpoint: best, predict and
+    export read it."""
 
     _check_monitor = field_validator("monitor")(_monitor)
 
@@ -65,11 +74,15 @@ class Phase(StrictModel):
     train the new head on a frozen base, then unfreeze the top block with a lower rate)."""
 
     name: str | None = None
-    epochs: PositiveInt
+    epochs: Epochs
+    """At most 10,000 (all phases together too): more would not finish."""
     freeze: list[LayerSelector] = []
     """Frozen during this phase (in addition to layers with trainable: false)."""
     unfreeze: list[LayerSelector] = []
-    """Made trainable during this phase (overrides trainable: false and train.freeze)."""
+    """Made trainable during this phase (overrides trainable: false and train.freeze).
+    Applied after ``freeze``: it may narrow a wider freeze (``freeze: ['*'], unfreeze:
+    [dense_2]`` trains dense_2 alone), but unfreezing everything a freeze entry names (the
+    layer itself, or a layer it sits in) is an error, as it would silently train it."""
     lr: PositiveFloat | None = None
     """The optimizer's learning rate for this phase."""
     optimizer: OptimizerSpec | None = None  # type: ignore[valid-type]
@@ -80,8 +93,9 @@ class Phase(StrictModel):
 class TrainSection(StrictModel):
     """How the model is trained (the train stage)."""
 
-    epochs: PositiveInt = 10
-    """Ignored when ``phases`` are given (each phase has its own)."""
+    epochs: Epochs = 10
+    """Ignored when ``phases`` are given (each phase has its own). At most 10,000: at a
+    second an epoch nearly three hours; more (``1e9``) would never finish."""
     batch_size: PositiveInt = 64
     loss: Literal["auto", "cross_entropy", "binary_cross_entropy"] = "auto"
     """auto: binary cross-entropy for one output unit, else cross-entropy; both on logits (a
@@ -105,7 +119,8 @@ class TrainSection(StrictModel):
     deterministic: bool = False
     """Deterministic algorithms (slower on CUDA); runs are seeded either way."""
     drop_last: bool = False
-    """Drop the last incomplete batch of each epoch."""
+    """Drop the last incomplete batch of each epoch (a batch larger than the training split
+    then leaves none: an error)."""
     diagnostics: bool = False
     """Record per-layer activation mean/std and gradient norms every epoch."""
 

@@ -156,20 +156,24 @@ def _steepest(rows: list[dict[str, float]]) -> float:
 
 
 def schedule_preview(spec: Spec, out: Path, *, steps_per_epoch: int) -> list[dict[str, float]]:
-    """The planned learning rate (and momentum) per step, as CSV and a plot, without training."""
-    from pipeline.train.schedules import planned
+    """The planned learning rate (and momentum) per step, as CSV and a plot, without training:
+    every step of a short run, at most PREVIEW_POINTS of a long one (sampled evenly)."""
+    from pipeline.train.schedules import PREVIEW_POINTS, planned
 
     rows: list[dict[str, float]] = []
     phases = list(spec.train.phases) or [None]
+    points = max(2, PREVIEW_POINTS // len(phases))
+    step0 = epoch0 = 0
     for phase in phases:
         epochs = phase.epochs if phase else spec.train.epochs
         opt = phase.optimizer if phase and phase.optimizer else spec.optimizer
         if phase and phase.lr is not None:
             opt = opt.model_copy(update={"lr": phase.lr})
         sch = phase.schedule if phase and phase.schedule else spec.schedule
-        step0, epoch0 = len(rows), (rows[-1]["epoch"] + 1 if rows else 0)
-        for r in planned(sch, opt, steps_per_epoch=steps_per_epoch, epochs=epochs):
+        plan = planned(sch, opt, steps_per_epoch=steps_per_epoch, epochs=epochs, points=points)
+        for r in plan:
             rows.append(r | {"step": r["step"] + step0, "epoch": r["epoch"] + epoch0})
+        step0, epoch0 = step0 + epochs * steps_per_epoch, epoch0 + epochs
     out.mkdir(parents=True, exist_ok=True)
     _write_csv(out / "schedule.csv", rows)
     series = {"lr": [r["lr"] for r in rows]}

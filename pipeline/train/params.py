@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -10,23 +11,60 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline.errors import ConfigurationError
+from pipeline.model.modules import Composite, inner_layers
 from pipeline.spec.layers import WeightedLayer
 from pipeline.spec.shapes import named_layers
 from pipeline.spec.spec import Spec
 from pipeline.spec.train import LayerRange
 
 
+def layer_table(model: Any) -> OrderedDict[str, nn.Module]:
+    """Every name a layer selector may use, in model order: each top-level layer, the layers
+    nested in it (``Composite.inner_layers``), and the names ``pipeline summary --expand``
+    gives a composite's parts (``<residual>.<layer>``, ``<residual>.shortcut``). A name given
+    twice means its first layer, except that a top-level layer's own name always means that
+    layer. :func:`pipeline.spec.selectors.selectable` is this table without torch (what the
+    layer-selectors check knows)."""
+    top = OrderedDict(model.named_children())
+    out: OrderedDict[str, nn.Module] = OrderedDict()
+    for name, module in top.items():
+        out[name] = module
+        parts = (
+            {id(m): (f"{name}.{kid}", m) for kid, m in module.parts()}
+            if isinstance(module, Composite)
+            else {}
+        )
+        for inner, nested in inner_layers(name, module):
+            if inner not in top:
+                out.setdefault(inner, nested)
+            alias = parts.pop(id(nested), None)
+            if alias is not None:
+                out.setdefault(*alias)
+        for alias in parts.values():
+            out.setdefault(*alias)
+    return out
+
+
 def select(model: Any, selectors: Sequence[Any]) -> list[nn.Module]:
     """Modules named by selectors: names or globs, top-level indices, ``{from: x}`` (x and
-    everything after it in model order) or ``{before: x}``."""
-    layers = model.layer_modules()
+    everything after it in model order) or ``{before: x}``. A selector that names nothing is a
+    ConfigurationError (validate's layer-selectors check says so first)."""
+    layers = layer_table(model)
     order = list(layers)
     top = [name for name, _ in model.named_children()]
     chosen: dict[int, nn.Module] = {}
 
     def position(target: str | int) -> int:
-        name = top[target] if isinstance(target, int) else target
-        return order.index(name)
+        if isinstance(target, int):
+            if not -len(top) <= target < len(top):
+                raise ConfigurationError(
+                    f"layer index {target} is out of range (the model has {len(top)} layers)"
+                )
+            target = top[target]
+        if target not in layers:
+            raise ConfigurationError(f"no layer is named {target!r} (layers: {', '.join(order)})")
+        return order.index(target)
 
     for sel in selectors:
         if isinstance(sel, LayerRange):
@@ -35,9 +73,11 @@ def select(model: Any, selectors: Sequence[Any]) -> list[nn.Module]:
             else:
                 names = order[: position(sel.before)]  # type: ignore[arg-type]
         elif isinstance(sel, int):
-            names = [top[sel]]
+            names = [order[position(sel)]]
         else:
-            names = fnmatch.filter(order, sel)
+            names = [n for n in order if fnmatch.fnmatchcase(n, sel)]
+            if not names:
+                raise ConfigurationError(f"no layer matches {sel!r} (layers: {', '.join(order)})")
         for name in names:
             chosen[id(layers[name])] = layers[name]
     return list(chosen.values())

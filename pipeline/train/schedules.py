@@ -23,14 +23,71 @@ ScheduleBuilder = Callable[[Any, torch.optim.Optimizer, int], Any]
 SCHEDULE_BUILDERS: Builders[ScheduleBuilder] = Builders(SCHEDULES, "schedule")
 """Schedule schema class -> ``(schedule, optimizer, total intervals) -> torch scheduler``."""
 
+Rate = Callable[[int], tuple[float, float | None]]
+RateBuilder = Callable[[Any, float, int], Rate]
+RATES: Builders[RateBuilder] = Builders(SCHEDULES, "schedule rate")
+"""Schedule schema class -> ``(schedule, base lr, total intervals) -> t -> (lr, momentum)``:
+the rate at interval t in closed form (momentum None: the optimizer's own), what
+schedule-preview samples where stepping through every step would not finish. The test of the
+schedules checks each against its torch scheduler above, step by step."""
 
-def _lambda(opt: torch.optim.Optimizer, factor: Callable[[int], float]) -> lr_scheduler.LambdaLR:
-    return lr_scheduler.LambdaLR(opt, factor)
+Factor = Callable[[int], float]
 
 
-@SCHEDULE_BUILDERS.register(s.ConstantSchedule)
-def _constant(sch: s.ConstantSchedule, opt: torch.optim.Optimizer, total: int) -> Any:
-    return _lambda(opt, lambda t: 1.0)
+def _lambda_kind(cls: type, factor: Callable[[Any, float, int], Factor]) -> None:
+    """A schedule that is ``base lr * factor(t)``: one factor for training (torch's LambdaLR)
+    and for the closed form."""
+
+    def build(sch: Any, opt: torch.optim.Optimizer, total: int) -> Any:
+        return lr_scheduler.LambdaLR(opt, factor(sch, opt.param_groups[0]["lr"], total))
+
+    def rate(sch: Any, base: float, total: int) -> Rate:
+        f = factor(sch, base, total)
+        return lambda t: (base * f(t), None)
+
+    SCHEDULE_BUILDERS.register(cls)(build)
+    RATES.register(cls)(rate)
+
+
+def _constant(sch: s.ConstantSchedule, base: float, total: int) -> Factor:
+    return lambda t: 1.0
+
+
+def _piecewise(sch: s.PiecewiseConstantSchedule, base: float, total: int) -> Factor:
+    # Keras: values[i] while t <= boundaries[i].
+    return lambda t: sch.values[bisect.bisect_left(sch.boundaries, t)] / base
+
+
+def _exponential(sch: s.ExponentialSchedule, base: float, total: int) -> Factor:
+    def factor(t: int) -> float:
+        p = t / sch.decay_steps
+        return sch.decay_rate ** (math.floor(p) if sch.staircase else p)
+
+    return factor
+
+
+def _power(sch: s.PowerSchedule, base: float, total: int) -> Factor:
+    return lambda t: 1.0 / (1.0 + t / sch.decay_steps) ** sch.power
+
+
+def _cosine(sch: s.Cosine, base: float, total: int) -> Factor:
+    floor = sch.min_lr / base
+
+    def factor(t: int) -> float:
+        if t < sch.warmup:
+            return (t + 1) / sch.warmup
+        span = max(total - sch.warmup, 1)
+        progress = min((t - sch.warmup) / span, 1.0)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+_lambda_kind(s.ConstantSchedule, _constant)
+_lambda_kind(s.PiecewiseConstantSchedule, _piecewise)
+_lambda_kind(s.ExponentialSchedule, _exponential)
+_lambda_kind(s.PowerSchedule, _power)
+_lambda_kind(s.Cosine, _cosine)
 
 
 @SCHEDULE_BUILDERS.register(s.StepSchedule)
@@ -38,30 +95,20 @@ def _step(sch: s.StepSchedule, opt: torch.optim.Optimizer, total: int) -> Any:
     return lr_scheduler.StepLR(opt, step_size=sch.step_size, gamma=sch.gamma)
 
 
+@RATES.register(s.StepSchedule)
+def _step_rate(sch: s.StepSchedule, base: float, total: int) -> Rate:
+    return lambda t: (base * sch.gamma ** (t // sch.step_size), None)
+
+
 @SCHEDULE_BUILDERS.register(s.MultiStepSchedule)
 def _multi_step(sch: s.MultiStepSchedule, opt: torch.optim.Optimizer, total: int) -> Any:
     return lr_scheduler.MultiStepLR(opt, milestones=sorted(sch.milestones), gamma=sch.gamma)
 
 
-@SCHEDULE_BUILDERS.register(s.PiecewiseConstantSchedule)
-def _piecewise(sch: s.PiecewiseConstantSchedule, opt: torch.optim.Optimizer, total: int) -> Any:
-    base = opt.param_groups[0]["lr"]
-    # Keras: values[i] while t <= boundaries[i].
-    return _lambda(opt, lambda t: sch.values[bisect.bisect_left(sch.boundaries, t)] / base)
-
-
-@SCHEDULE_BUILDERS.register(s.ExponentialSchedule)
-def _exponential(sch: s.ExponentialSchedule, opt: torch.optim.Optimizer, total: int) -> Any:
-    def factor(t: int) -> float:
-        p = t / sch.decay_steps
-        return sch.decay_rate ** (math.floor(p) if sch.staircase else p)
-
-    return _lambda(opt, factor)
-
-
-@SCHEDULE_BUILDERS.register(s.PowerSchedule)
-def _power(sch: s.PowerSchedule, opt: torch.optim.Optimizer, total: int) -> Any:
-    return _lambda(opt, lambda t: 1.0 / (1.0 + t / sch.decay_steps) ** sch.power)
+@RATES.register(s.MultiStepSchedule)
+def _multi_step_rate(sch: s.MultiStepSchedule, base: float, total: int) -> Rate:
+    milestones = sorted(sch.milestones)  # a milestone listed twice multiplies twice, as torch's
+    return lambda t: (base * sch.gamma ** bisect.bisect_right(milestones, t), None)
 
 
 @SCHEDULE_BUILDERS.register(s.ReduceOnPlateau)
@@ -71,6 +118,11 @@ def _plateau(sch: s.ReduceOnPlateau, opt: torch.optim.Optimizer, total: int) -> 
         opt, mode=mode, factor=sch.factor, patience=sch.patience, threshold=sch.min_delta,
         threshold_mode="abs", cooldown=sch.cooldown, min_lr=sch.min_lr,
     )  # fmt: skip
+
+
+@RATES.register(s.ReduceOnPlateau)
+def _plateau_rate(sch: s.ReduceOnPlateau, base: float, total: int) -> Rate:
+    return lambda t: (base, None)  # it follows metrics: planned as constant
 
 
 def _has_momentum(opt: torch.optim.Optimizer) -> bool:
@@ -89,6 +141,39 @@ def _one_cycle(sch: s.OneCycle, opt: torch.optim.Optimizer, total: int) -> Any:
     )  # fmt: skip
 
 
+def one_cycle_rate(sch: s.OneCycle, total: int, cycle_momentum: bool) -> Rate:
+    """torch's OneCycleLR (two phases) in closed form: up from max_lr / div_factor to max_lr
+    until pct_start of the run, then down to the start / final_div_factor; momentum the other
+    way when it cycles."""
+    total = max(total, 2)
+    start = sch.max_lr / sch.div_factor
+    phases = [  # (end step, lr from, lr to, momentum from, momentum to)
+        (sch.pct_start * total - 1, start, sch.max_lr, sch.max_momentum, sch.base_momentum),
+        (total - 1, sch.max_lr, start / sch.final_div_factor, sch.base_momentum, sch.max_momentum),
+    ]
+
+    def anneal(a: float, b: float, pct: float) -> float:
+        if sch.anneal == "cos":
+            return b + (a - b) / 2.0 * (math.cos(math.pi * pct) + 1)
+        return (b - a) * pct + a
+
+    def rate(t: int) -> tuple[float, float | None]:
+        begin = 0.0
+        for i, (end, lr0, lr1, m0, m1) in enumerate(phases):
+            if t <= end or i == len(phases) - 1:
+                pct = (t - begin) / (end - begin)
+                return anneal(lr0, lr1, pct), anneal(m0, m1, pct) if cycle_momentum else None
+            begin = end
+        raise AssertionError("unreachable: the last phase takes every step")
+
+    return rate
+
+
+@RATES.register(s.OneCycle)
+def _one_cycle_rate(sch: s.OneCycle, base: float, total: int) -> Rate:
+    return one_cycle_rate(sch, total, cycle_momentum=False)  # planned() passes the optimizer's
+
+
 @SCHEDULE_BUILDERS.register(s.Cyclic)
 def _cyclic(sch: s.Cyclic, opt: torch.optim.Optimizer, total: int) -> Any:
     return lr_scheduler.CyclicLR(
@@ -97,22 +182,29 @@ def _cyclic(sch: s.Cyclic, opt: torch.optim.Optimizer, total: int) -> Any:
     )  # fmt: skip
 
 
-@SCHEDULE_BUILDERS.register(s.Cosine)
-def _cosine(sch: s.Cosine, opt: torch.optim.Optimizer, total: int) -> Any:
-    base = opt.param_groups[0]["lr"]
-    floor = sch.min_lr / base
+@RATES.register(s.Cyclic)
+def _cyclic_rate(sch: s.Cyclic, base: float, total: int) -> Rate:
+    """torch's CyclicLR (step_size_down = step_size_up) in closed form."""
+    size = 2 * sch.step_size_up
 
-    def factor(t: int) -> float:
-        if t < sch.warmup:
-            return (t + 1) / sch.warmup
-        span = max(total - sch.warmup, 1)
-        progress = min((t - sch.warmup) / span, 1.0)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    def rate(t: int) -> tuple[float, float | None]:
+        cycle = math.floor(1 + t / size)
+        x = 1.0 + t / size - cycle
+        scale = x / 0.5 if x <= 0.5 else (x - 1) / (0.5 - 1)
+        height = (sch.max_lr - sch.base_lr) * scale
+        if sch.mode == "triangular":
+            amplitude = 1.0
+        elif sch.mode == "triangular2":
+            amplitude = 1 / (2.0 ** (cycle - 1))
+        else:
+            amplitude = sch.gamma**t
+        return sch.base_lr + height * amplitude, None
 
-    return _lambda(opt, factor)
+    return rate
 
 
 SCHEDULE_BUILDERS.check_complete()
+RATES.check_complete()
 
 
 class LRSchedule:
@@ -148,29 +240,63 @@ class LRSchedule:
         self.scheduler.load_state_dict(state)
 
 
+PREVIEW_POINTS = 2_000
+"""schedule-preview's rows at most: every step of a shorter run, else this many, evenly spread."""
+
+
 def planned(
-    sch: Any, o: s.OptimizerBase, *, steps_per_epoch: int, epochs: int
+    sch: Any,
+    o: s.OptimizerBase,
+    *,
+    steps_per_epoch: int,
+    epochs: int,
+    points: int | None = None,
 ) -> list[dict[str, float]]:
-    """The learning rate (and momentum) at every optimizer step, computed without training.
+    """The learning rate (and momentum) at optimizer steps, computed without training:
+    every step, by stepping the torch scheduler as training does; with ``points``, a run of
+    more steps than that gets ``points`` of them (the first and last included), each in
+    closed form (:data:`RATES`), so the work is bounded whatever the step count.
     reduce_on_plateau depends on metrics, so it is planned as constant."""
     param = torch.nn.Parameter(torch.zeros(1))
     opt = build_optimizer(o, [param])
+    steps = steps_per_epoch * epochs
+    if points is not None and steps > points:
+        return _sampled(sch, opt, steps_per_epoch, epochs, points)
     schedule = LRSchedule(sch, opt, steps_per_epoch=steps_per_epoch, epochs=epochs)
     rows = []
     for epoch in range(epochs):
         for i in range(steps_per_epoch):
-            group = opt.param_groups[0]
-            momentum = group.get("momentum", group.get("betas", (None,))[0])
-            rows.append(
-                {
-                    "step": epoch * steps_per_epoch + i,
-                    "epoch": epoch,
-                    "lr": group["lr"],
-                    "momentum": momentum,
-                }
-            )
+            rows.append(_row(epoch * steps_per_epoch + i, epoch, opt.param_groups[0]))
             opt.step()
             schedule.after_step()
         if not isinstance(sch, s.ReduceOnPlateau):
             schedule.after_epoch({})
+    return rows
+
+
+def _momentum(group: dict[str, Any]) -> float | None:
+    return group.get("momentum", group.get("betas", (None,))[0])
+
+
+def _row(step: int, epoch: int, group: dict[str, Any]) -> dict[str, Any]:
+    return {"step": step, "epoch": epoch, "lr": group["lr"], "momentum": _momentum(group)}
+
+
+def _sampled(
+    sch: Any, opt: torch.optim.Optimizer, steps_per_epoch: int, epochs: int, points: int
+) -> list[dict[str, float]]:
+    steps = steps_per_epoch * epochs
+    by_step = sch.interval == "step"
+    total = steps if by_step else epochs
+    group = opt.param_groups[0]
+    if isinstance(sch, s.OneCycle):
+        rate = one_cycle_rate(sch, total, sch.cycle_momentum and _has_momentum(opt))
+    else:
+        rate = RATES[sch](sch, group["lr"], total)
+    rows = []
+    for step in sorted({round(k * (steps - 1) / (points - 1)) for k in range(points)}):
+        epoch = step // steps_per_epoch
+        lr, momentum = rate(step if by_step else epoch)
+        row = {"step": step, "epoch": epoch, "lr": lr}
+        rows.append(row | {"momentum": _momentum(group) if momentum is None else momentum})
     return rows

@@ -1,0 +1,75 @@
+"""Split sizes known before prepare: a built-in dataset's per-class counts taken through the
+data section's class selection, validation split and subsets, the way prepare draws them
+(``pipeline.data.select``: classes, then validation, then subsets)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.spec.data import DATASETS, ClassSelection, DataSection, class_key
+
+
+@dataclass(frozen=True)
+class SplitSizes:
+    """Samples per prepared split; None where it depends on the data itself (a validation of
+    the first N samples followed by per-class subsets) or there is no such split."""
+
+    train: int | None
+    val: int | None
+    test: int | None
+
+
+def _mapping(selection: ClassSelection | None, classes: list[str]) -> list[int] | None:
+    """Source class of each kept class, as prepare maps them; None for a reference prepare
+    will refuse (it says why)."""
+    if selection is None:
+        return list(range(len(classes)))
+    keys = [class_key(c) for c in classes]
+    picked = []
+    for ref in selection.keep if selection.keep is not None else selection.drop or []:
+        if isinstance(ref, int):
+            if not 0 <= ref < len(classes):
+                return None
+            picked.append(ref)
+        elif class_key(ref) in keys:
+            picked.append(keys.index(class_key(ref)))
+        else:
+            return None
+    if selection.keep is not None:
+        return picked
+    return [i for i in range(len(classes)) if i not in picked]
+
+
+def split_sizes(data: DataSection) -> SplitSizes | None:
+    """The prepared splits' sizes, for a built-in dataset whose counts are in ``DATASETS``;
+    None for an image folder (prepare counts its files) or a selection prepare refuses."""
+    table = DATASETS.get(data.dataset)
+    if table is None or table.train_counts is None or table.test_counts is None:
+        return None
+    mapping = _mapping(data.classes, table.classes)
+    if not mapping:
+        return None
+    train: list[int] | None = [table.train_counts[i] for i in mapping]
+    test = [table.test_counts[i] for i in mapping]
+    train_total: int | None = sum(train)
+    val: int | None = None
+    v = data.validation
+    if v is not None and v.fraction is not None:
+        held = [round(n * v.fraction) for n in train]  # as split_validation draws per class
+        train = [n - h for n, h in zip(train, held, strict=True)]
+        train_total, val = sum(train), sum(held)
+    elif v is not None and v.first is not None:
+        if v.first >= sum(train):
+            return None  # prepare refuses it, naming the sizes
+        train_total, val = sum(train) - v.first, v.first
+        train = None  # which classes the first N took depends on the data's order
+    sub = data.subset
+    if sub is not None and sub.train_per_class is not None:
+        per = sub.train_per_class
+        if train is not None:
+            train_total = sum(min(n, per) for n in train)
+        elif per < max(table.train_counts[i] for i in mapping):
+            train_total = None  # unless no class is cut, it depends on the first N's classes
+    if sub is not None and sub.test_per_class is not None:
+        test = [min(n, sub.test_per_class) for n in test]
+    return SplitSizes(train_total, val, sum(test))

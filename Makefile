@@ -10,7 +10,7 @@ export DO_NOT_TRACK := 1
 export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: run test lint docs clean-venv
+.PHONY: run test lint browser docs clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,8 +29,18 @@ run: $(STAMP)
 	(the local Prefect server keeps running; 'pipeline server stop' stops it)" || true
 
 # Format and lint first: a reformatted file fails here, in seconds, not after the suite.
-test: lint
+test: lint browser
 	$(BIN)/python -m pytest -q
+
+# tests/orchestration/test_ui.py looks at the Prefect UI in a headless Chromium: installed here
+# (Debian's package) when missing and this is root with apt-get; a no-op when one is present.
+# Without one that test skips, except under CI, where it fails.
+browser:
+	@for b in chromium chromium-browser google-chrome google-chrome-stable; do \
+		command -v $$b >/dev/null 2>&1 && exit 0; done; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "make: no chromium and not root with apt-get: the UI test skips (fails under CI)"; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check pipeline tests benchmarks

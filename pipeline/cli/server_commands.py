@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import orchestrate
+from pipeline.orchestrate.server import read_record
 
 
 def add_commands(sub: Any) -> None:
@@ -47,14 +48,19 @@ def server(args: argparse.Namespace) -> int:
         stopped = orchestrate.stop_server()
         print(f"stopped {stopped.url} (pid {stopped.pid})" if stopped else "no server was running")
         return 0
-    state = orchestrate.read_state()
-    up = state is not None and state.healthy()
+    state, problem = read_record()
+    up = state is not None and state.healthy() and state.ours()
     if args.action == "url":
         if up:
             print(state.url)  # type: ignore[union-attr]
         return 0 if up else 1
     if state is None:
         print(f"no pipeline-managed Prefect server (state: {orchestrate.state_file()})")
+        if problem:
+            print(
+                f"note     {orchestrate.state_file()} {problem}: `pipeline server start` finds "
+                "a server still running on its PREFECT_HOME, or starts one"
+            )
     else:
         print(
             f"url      {state.url}\npid      {state.pid}\nhealthy  {'yes' if up else 'NO'}\n"

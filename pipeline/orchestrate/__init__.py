@@ -16,8 +16,10 @@ three stages would pay it three times; one local server started once (a persiste
 and the others nothing. ``pipeline server start|stop|status`` manages it by hand.
 
 The modules: ``mode`` (the mode, ``$PIPELINE_HOME``, ``OrchestrationError``), ``server`` (the
-managed server), ``api`` (which API, the Prefect settings of a run), ``logs`` (the console
-filter), ``dispatch`` (``call``: a stage here or as its flow run), ``deployment``. Nothing here
+managed server), ``identity`` (which process is that server), ``api`` (which API, the Prefect
+settings of a run), ``runs`` (a stage's flow run on that server: crashed runs marked, the
+server watched), ``logs`` (the console filter), ``dispatch`` (``call``: a stage here or as its
+flow run), ``deployment``. Nothing here
 imports Prefect or torch at module level: ``off`` stays fast.
 """
 

@@ -33,7 +33,7 @@ def call(
     current = mode()
     if current == "off":
         return stage(spec, **options, **({} if log is None else {"log": log}))
-    with prefect_context(current):
+    with prefect_context(current, stage=True):
         from pipeline.flows import flow_of
 
         plain = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}

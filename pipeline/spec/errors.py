@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from pipeline.errors import PipelineError
@@ -21,9 +20,19 @@ class Mark:
     file: str
     line: int
     column: int
+    source: Sequence[str] | None = field(default=None, compare=False, repr=False)
+    """The lines of the text this mark is in, as loaded: errors quote a spec's own text from
+    here, never by reading a file again (which may have changed, or not be a spec)."""
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.column}"
+
+    @property
+    def text(self) -> str | None:
+        """The source line of this mark, when its text is known."""
+        if self.source is not None and 0 < self.line <= len(self.source):
+            return self.source[self.line - 1]
+        return None
 
 
 def format_path(path: Sequence[PathPart]) -> str:
@@ -110,12 +119,3 @@ def did_you_mean(given: str, choices: Iterable[str], synonyms: dict[str, str] | 
         if key in lowered:
             close = [lowered[key]]
     return f"did you mean '{close[0]}'?" if close else ""
-
-
-def source_line(file: str, line: int) -> str | None:
-    """The text of a 1-based line of a file, for showing under an error; None if unreadable."""
-    try:
-        lines = Path(file).read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return None
-    return lines[line - 1] if 0 < line <= len(lines) else None

@@ -95,7 +95,12 @@ class Spec(StrictModel):
     """Experiment name; names the output folders (letters, digits, _ . -)."""
     description: str = ""
     extends: str | None = None
-    """A base spec file (relative to this one) that this spec overrides, merged deep."""
+    """A base spec file (.yaml or .yml, relative to this one) that this spec overrides, merged
+    deep. This and every other path a spec names (reused specs and checkpoints, image folders,
+    weights files) must lie in the spec's project folder (the nearest one above it holding
+    dvc.yaml, .dvc, .git or pyproject.toml), or in a folder of the environment variable
+    PIPELINE_ALLOWED_PATHS (separated by os.pathsep), PIPELINE_DATA_MIRROR or
+    PIPELINE_DATA_CACHE."""
     seed: int = 0
     """Seeds data splits, initialization, shuffling and augmentation."""
     data: DataSection

@@ -118,7 +118,7 @@ class _Builder:
         self.problems: dict[tuple, Problem] = {}  # keyed so an aliased subtree reports once
 
     def mark(self, yaml_mark: Any) -> Mark:
-        return Mark(self.file, yaml_mark.line + 1, yaml_mark.column + 1)
+        return Mark(self.file, yaml_mark.line + 1, yaml_mark.column + 1, self.lines)
 
     def problem(
         self, message: str, path: tuple, mark: Mark | None, code: str, hint: str | None = None
@@ -232,7 +232,8 @@ def _syntax_problem(b: _Builder, err: yaml.MarkedYAMLError) -> SpecError:
 
 def load_text(text: str, file: str = "<string>", *, require_mapping: bool = True) -> Any:
     """Parse one YAML document into Mapping/SequenceNodes and plain scalars; raise SpecError."""
-    b, start, loader = _Builder(file, text.splitlines()), Mark(file, 1, 1), None
+    b, loader = _Builder(file, text.splitlines()), None
+    start = Mark(file, 1, 1, b.lines)
     try:
         loader = _Loader(text)
         root = loader.get_node() if loader.check_node() else None
@@ -271,7 +272,7 @@ def load_text(text: str, file: str = "<string>", *, require_mapping: bool = True
         raise _fail(
             b,
             f"invalid YAML: {err.reason} (character #x{err.character:04x})",
-            Mark(file, line, column),
+            Mark(file, line, column, b.lines),
             "yaml-syntax",
             "remove the character",
         ) from None

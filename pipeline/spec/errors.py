@@ -107,15 +107,28 @@ class SpecError(PipelineError):
         return head + "\n" + "\n".join(p.format(source=source) for p in self.problems)
 
 
+def _folded(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
 def did_you_mean(given: str, choices: Iterable[str], synonyms: dict[str, str] | None = None) -> str:
-    """A suggestion sentence for a misspelt or foreign name, or '' when nothing is close."""
+    """A suggestion sentence for a misspelt or foreign name, or '' when nothing is close.
+
+    Nearest first: the same name in other case (``Relu``: relu), another framework's name for
+    it (``categorical_crossentropy``: cross_entropy), the same letters without separators
+    (``MaxPool2D``: max_pool2d), then the closest spelling."""
     choices = sorted(set(choices))
-    if synonyms and given in synonyms and synonyms[given] in choices:
-        return f"did you mean '{synonyms[given]}'? ('{given}' is what other frameworks call it)"
-    close = difflib.get_close_matches(given, choices, n=1, cutoff=0.6)
-    if not close:
-        lowered = {c.lower().replace("_", ""): c for c in choices}
-        key = given.lower().replace("_", "").replace("-", "")
-        if key in lowered:
-            close = [lowered[key]]
-    return f"did you mean '{close[0]}'?" if close else ""
+    same_case = [c for c in choices if c.lower() == given.lower()]
+    if same_case:
+        return f"did you mean '{same_case[0]}'?"
+    if synonyms:
+        folded = {_folded(k): v for k, v in synonyms.items()}
+        other = synonyms.get(given) or folded.get(_folded(given))
+        if other in choices:
+            return f"did you mean '{other}'? ('{given}' is what other frameworks call it)"
+    by_letters = {_folded(c): c for c in choices}
+    if _folded(given) and _folded(given) in by_letters:
+        return f"did you mean '{by_letters[_folded(given)]}'?"
+    lowered = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(given.lower(), list(lowered), n=1, cutoff=0.6)
+    return f"did you mean '{lowered[close[0]]}'?" if close else ""

@@ -11,7 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from pipeline.spec import yamlio
-from pipeline.spec.errors import Mark, PathPart, Problem, SpecError, format_path
+from pipeline.spec.errors import Mark, PathPart, Problem, SpecError, did_you_mean, format_path
 from pipeline.spec.paths import Roots, check_spec_file, path_problems
 from pipeline.spec.pydantic_errors import convert, model_at
 from pipeline.spec.resolve import expand_model, merged
@@ -192,7 +192,7 @@ def validate_raw(
         raise SpecError(_located(convert(exc, raw, Spec), raw)) from None
     spec._base_dir = base_dir or Path.cwd()
     roots = roots or Roots.for_folder(spec._base_dir)
-    problems = path_problems(spec, roots, spec._base_dir)
+    problems = path_problems(spec, roots, spec._base_dir) + _unknown_checks(spec)
     if problems:
         raise SpecError(_located(problems, raw))
     problems = _load_reused(spec)
@@ -205,6 +205,23 @@ def validate_raw(
         raise SpecError(problems)
     spec._warnings = problems
     return spec
+
+
+def _unknown_checks(spec: Spec) -> list[Problem]:
+    """``ignore_checks`` may name only registered checks: a misspelt one would silence
+    nothing, and say nothing."""
+    from pipeline.spec.checks import CHECKS
+
+    return [
+        Problem(
+            f"unknown check {name!r}; checks: {', '.join(CHECKS)}",
+            ("ignore_checks", i),
+            code="unknown-name",
+            hint=did_you_mean(name, CHECKS) or "`pipeline checks` lists them",
+        )
+        for i, name in enumerate(spec.ignore_checks)
+        if name not in CHECKS
+    ]
 
 
 def _load_reused(spec: Spec) -> list[Problem]:

@@ -234,7 +234,16 @@ SYNONYMS: dict[str, str] = {
 
 
 PositiveInt = Annotated[int, Field(ge=1)]
-IntPair = PositiveInt | tuple[PositiveInt, PositiveInt]
+
+MAX_SIZE = 1 << 20
+"""Bound of every size in a model (units, filters, kernel and image sides): far above any real
+one, and far below what overflows torch's C integers (``filters: 10**100`` validated, then
+crashed ``summary`` and ``train``)."""
+Size = Annotated[int, Field(ge=1, le=MAX_SIZE)]
+"""A count or length in a model: units, filters, groups, a kernel or image side."""
+Pixels = Annotated[int, Field(ge=0, le=MAX_SIZE)]
+"""A padding in pixels."""
+IntPair = Size | tuple[Size, Size]
 """A positive int, or a [height, width] pair: an int applies to both, as in Keras and PyTorch."""
 
 

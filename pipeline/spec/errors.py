@@ -68,8 +68,8 @@ class Problem:
         if self.hint:
             text += f"\n    hint: {self.hint}"
         if source and self.source_line is not None and self.mark is not None:
-            caret = " " * (self.mark.column - 1) + "^"
-            text += f"\n    | {self.source_line}\n    | {caret}"
+            line, column = _window(self.source_line, self.mark.column)
+            text += f"\n    | {line}\n    | {' ' * (column - 1)}^"
         return text
 
     def as_dict(self) -> dict:
@@ -83,6 +83,20 @@ class Problem:
             "message": self.message,
             "hint": self.hint,
         }
+
+
+_WIDTH = 100  # of a quoted source line: a long one is cut around the caret
+
+
+def _window(line: str, column: int) -> tuple[str, int]:
+    """``line`` cut to about :data:`_WIDTH` characters around ``column``, and the column in it."""
+    if len(line) <= _WIDTH:
+        return line, column
+    start = max(0, min(column - 1 - _WIDTH // 2, len(line) - _WIDTH))
+    cut = line[start : start + _WIDTH]
+    head = "..." if start else ""
+    tail = "..." if start + _WIDTH < len(line) else ""
+    return head + cut + tail, column - start + len(head)
 
 
 class SpecError(PipelineError):

@@ -32,7 +32,25 @@ def parse_override(text: str) -> tuple[tuple[PathPart, ...], Any]:
         name, index = m.groups()
         path.append(int(index) if index is not None else int(name) if name.isdigit() else name)
     origin = f"-S {text}"
-    loaded = yamlio.load_text(f"v: {value}" if value.strip() else "v: null", file=origin)
+    if len(text) > yamlio.MAX_BYTES:
+        raise yamlio.too_large(len(text), "the override", origin)
+    try:
+        loaded = yamlio.load_text(f"v: {value}" if value.strip() else "v: null", file=origin)
+    except SpecError as err:  # the value's YAML: point into the override, past ``key=``
+        shift = len(text) - len(value) - len("v: ")
+        raise SpecError(
+            [
+                Problem(
+                    p.message,
+                    tuple(path),
+                    Mark(origin, 1, p.mark.column + shift, (text,)) if p.mark else None,
+                    code=p.code,
+                    hint=p.hint,
+                    source_line=text,
+                )
+                for p in err.problems
+            ]
+        ) from None
     return tuple(path), loaded["v"]
 
 
@@ -44,8 +62,11 @@ def apply_overrides(raw: Any, overrides: Iterable[str]) -> tuple[Any, list[Probl
         origin = Mark(f"-S {text}", 1, 1)
         try:
             path, value = parse_override(text)
-        except (ValueError, SpecError) as err:
-            problems.append(Problem(str(err).splitlines()[0], (), origin, code="override"))
+        except SpecError as err:
+            problems += err.problems
+            continue
+        except ValueError as err:
+            problems.append(Problem(str(err), (), origin, code="override"))
             continue
         node = out
         for i, part in enumerate(path):

@@ -119,8 +119,78 @@ SYNONYMS: dict[str, str] = {
     "batch_norm2d": "batch_norm",
     "batch_norm1d": "batch_norm",
     "dropout2d": "spatial_dropout2d",
+    "maxpool": "max_pool2d",
+    "max_pooling": "max_pool2d",
+    "avgpool": "avg_pool2d",
+    "average_pooling": "avg_pool2d",
+    "global_average_pooling": "global_avg_pool2d",
+    "adaptive_average_pooling2d": "adaptive_avg_pool2d",
+    "identity": "linear",  # activation
+    "none": "linear",
     "swish": "silu",
     "leakyrelu": "leaky_relu",
+    "lrelu": "leaky_relu",
+    # losses (Keras names them by the label format; ours take class indices or 0/1 labels)
+    "categorical_crossentropy": "cross_entropy",
+    "sparse_categorical_crossentropy": "cross_entropy",
+    "categorical_cross_entropy": "cross_entropy",
+    "sparse_categorical_cross_entropy": "cross_entropy",
+    "crossentropy": "cross_entropy",
+    "cross_entropy_loss": "cross_entropy",
+    "ce": "cross_entropy",
+    "nll": "cross_entropy",
+    "nll_loss": "cross_entropy",
+    "log_loss": "cross_entropy",
+    "binary_crossentropy": "binary_cross_entropy",
+    "bce": "binary_cross_entropy",
+    "bce_loss": "binary_cross_entropy",
+    "bce_with_logits": "binary_cross_entropy",
+    "bce_with_logits_loss": "binary_cross_entropy",
+    "binary_cross_entropy_with_logits": "binary_cross_entropy",
+    # augmentations (Keras preprocessing layers, torchvision transforms)
+    "random_rotation": "rotation",
+    "random_translation": "shift",
+    "random_shift": "shift",
+    "translate": "shift",
+    "translation": "shift",
+    "random_zoom": "zoom",
+    "random_shear": "shear",
+    "random_flip": "horizontal_flip",
+    "random_horizontal_flip": "horizontal_flip",
+    "fliplr": "horizontal_flip",
+    "random_vertical_flip": "vertical_flip",
+    "flipud": "vertical_flip",
+    "random_brightness": "color_jitter",
+    "random_contrast": "color_jitter",
+    "random_saturation": "color_jitter",
+    "random_hue": "color_jitter",
+    "cutout": "random_erasing",
+    "random_erase": "random_erasing",
+    "random_cutout": "random_erasing",
+    "trivial_augment_wide": "trivial_augment",
+    "width_shift_range": "width",
+    "height_shift_range": "height",
+    # schedules (torch.optim.lr_scheduler, Keras)
+    "cosine_annealing": "cosine",
+    "cosine_annealing_lr": "cosine",
+    "cosine_decay": "cosine",
+    "step_lr": "step",
+    "multi_step_lr": "multi_step",
+    "multistep": "multi_step",
+    "exponential_lr": "exponential",
+    "exponential_decay": "exponential",
+    "reduce_lr_on_plateau": "reduce_on_plateau",
+    "one_cycle_lr": "one_cycle",
+    "cyclic_lr": "cyclic",
+    "piecewise_constant_decay": "piecewise_constant",
+    "polynomial_decay": "power",
+    # initializers (presets)
+    "zero": "zeros",
+    "one": "ones",
+    "glorot": "glorot_uniform",
+    "xavier": "xavier_uniform",
+    "he": "he_normal",
+    "kaiming": "kaiming_normal",
     # field names
     "kernel": "kernel_size",
     "strides": "stride",
@@ -132,6 +202,19 @@ SYNONYMS: dict[str, str] = {
     "bias_initializer": "bias_init",
     "kernel_regularizer": "regularizer",
     "kernel_constraint": "max_norm",
+    "output_dim": "units",
+    "nb_filter": "filters",
+    "num_filters": "filters",
+    "pool": "pool_size",
+    "loss_fn": "loss",
+    "criterion": "loss",
+    "optim": "optimizer",
+    "scheduler": "schedule",
+    "lr_scheduler": "schedule",
+    "lr_schedule": "schedule",
+    "augmentation": "augment",
+    "augmentations": "augment",
+    "transform": "transforms",
     "p": "rate",
     "learning_rate": "lr",
     "negative_slope": "alpha",
@@ -151,7 +234,16 @@ SYNONYMS: dict[str, str] = {
 
 
 PositiveInt = Annotated[int, Field(ge=1)]
-IntPair = PositiveInt | tuple[PositiveInt, PositiveInt]
+
+MAX_SIZE = 1 << 20
+"""Bound of every size in a model (units, filters, kernel and image sides): far above any real
+one, and far below what overflows torch's C integers (``filters: 10**100`` validated, then
+crashed ``summary`` and ``train``)."""
+Size = Annotated[int, Field(ge=1, le=MAX_SIZE)]
+"""A count or length in a model: units, filters, groups, a kernel or image side."""
+Pixels = Annotated[int, Field(ge=0, le=MAX_SIZE)]
+"""A padding in pixels."""
+IntPair = Size | tuple[Size, Size]
 """A positive int, or a [height, width] pair: an int applies to both, as in Keras and PyTorch."""
 
 

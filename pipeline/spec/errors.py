@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from pipeline.errors import PipelineError
@@ -21,9 +20,19 @@ class Mark:
     file: str
     line: int
     column: int
+    source: Sequence[str] | None = field(default=None, compare=False, repr=False)
+    """The lines of the text this mark is in, as loaded: errors quote a spec's own text from
+    here, never by reading a file again (which may have changed, or not be a spec)."""
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.column}"
+
+    @property
+    def text(self) -> str | None:
+        """The source line of this mark, when its text is known."""
+        if self.source is not None and 0 < self.line <= len(self.source):
+            return self.source[self.line - 1]
+        return None
 
 
 def format_path(path: Sequence[PathPart]) -> str:
@@ -59,8 +68,8 @@ class Problem:
         if self.hint:
             text += f"\n    hint: {self.hint}"
         if source and self.source_line is not None and self.mark is not None:
-            caret = " " * (self.mark.column - 1) + "^"
-            text += f"\n    | {self.source_line}\n    | {caret}"
+            line, column = _window(self.source_line, self.mark.column)
+            text += f"\n    | {line}\n    | {' ' * (column - 1)}^"
         return text
 
     def as_dict(self) -> dict:
@@ -74,6 +83,20 @@ class Problem:
             "message": self.message,
             "hint": self.hint,
         }
+
+
+_WIDTH = 100  # of a quoted source line: a long one is cut around the caret
+
+
+def _window(line: str, column: int) -> tuple[str, int]:
+    """``line`` cut to about :data:`_WIDTH` characters around ``column``, and the column in it."""
+    if len(line) <= _WIDTH:
+        return line, column
+    start = max(0, min(column - 1 - _WIDTH // 2, len(line) - _WIDTH))
+    cut = line[start : start + _WIDTH]
+    head = "..." if start else ""
+    tail = "..." if start + _WIDTH < len(line) else ""
+    return head + cut + tail, column - start + len(head)
 
 
 class SpecError(PipelineError):
@@ -98,24 +121,28 @@ class SpecError(PipelineError):
         return head + "\n" + "\n".join(p.format(source=source) for p in self.problems)
 
 
+def _folded(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
 def did_you_mean(given: str, choices: Iterable[str], synonyms: dict[str, str] | None = None) -> str:
-    """A suggestion sentence for a misspelt or foreign name, or '' when nothing is close."""
+    """A suggestion sentence for a misspelt or foreign name, or '' when nothing is close.
+
+    Nearest first: the same name in other case (``Relu``: relu), another framework's name for
+    it (``categorical_crossentropy``: cross_entropy), the same letters without separators
+    (``MaxPool2D``: max_pool2d), then the closest spelling."""
     choices = sorted(set(choices))
-    if synonyms and given in synonyms and synonyms[given] in choices:
-        return f"did you mean '{synonyms[given]}'? ('{given}' is what other frameworks call it)"
-    close = difflib.get_close_matches(given, choices, n=1, cutoff=0.6)
-    if not close:
-        lowered = {c.lower().replace("_", ""): c for c in choices}
-        key = given.lower().replace("_", "").replace("-", "")
-        if key in lowered:
-            close = [lowered[key]]
-    return f"did you mean '{close[0]}'?" if close else ""
-
-
-def source_line(file: str, line: int) -> str | None:
-    """The text of a 1-based line of a file, for showing under an error; None if unreadable."""
-    try:
-        lines = Path(file).read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return None
-    return lines[line - 1] if 0 < line <= len(lines) else None
+    same_case = [c for c in choices if c.lower() == given.lower()]
+    if same_case:
+        return f"did you mean '{same_case[0]}'?"
+    if synonyms:
+        folded = {_folded(k): v for k, v in synonyms.items()}
+        other = synonyms.get(given) or folded.get(_folded(given))
+        if other in choices:
+            return f"did you mean '{other}'? ('{given}' is what other frameworks call it)"
+    by_letters = {_folded(c): c for c in choices}
+    if _folded(given) and _folded(given) in by_letters:
+        return f"did you mean '{by_letters[_folded(given)]}'?"
+    lowered = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(given.lower(), list(lowered), n=1, cutoff=0.6)
+    return f"did you mean '{lowered[close[0]]}'?" if close else ""

@@ -17,14 +17,15 @@ from pipeline.spec.base import (
     IntPair,
     LayerKind,
     NonNegativeFloat,
-    PositiveInt,
+    Pixels,
     Shape,
+    Size,
     StrictModel,
     pair,
 )
 from pipeline.spec.init import InitField
 
-Padding = Literal["valid", "same"] | Annotated[int, Field(ge=0)] | tuple[int, int]
+Padding = Literal["valid", "same"] | Pixels | tuple[Pixels, Pixels]
 
 
 class ShapeError(ValueError):
@@ -96,14 +97,14 @@ class Conv2D(WeightedLayer):
     """2-D convolution; a 1x1 kernel mixes channels without looking at neighbours."""
 
     type: Literal["conv2d"] = "conv2d"
-    filters: PositiveInt
+    filters: Size
     """Output channels."""
     kernel_size: IntPair
     stride: IntPair = 1
     padding: Padding = "valid"
     """'valid' (none), 'same' (output = ceil(input / stride), as Keras), or pixels per side."""
     dilation: IntPair = 1
-    groups: PositiveInt = 1
+    groups: Size = 1
     """Channel groups; filters and input channels must both divide by it."""
 
     def output_shape(self, shape: Shape) -> Shape:
@@ -134,7 +135,7 @@ class Dense(WeightedLayer):
     """Fully connected layer (PyTorch's Linear)."""
 
     type: Literal["dense"] = "dense"
-    units: PositiveInt
+    units: Size
 
     def output_shape(self, shape: Shape) -> Shape:
         if len(shape) != 1:

@@ -11,7 +11,8 @@ import yaml
 from pydantic import ValidationError
 
 from pipeline.spec import yamlio
-from pipeline.spec.errors import Mark, PathPart, Problem, SpecError, format_path, source_line
+from pipeline.spec.errors import Mark, PathPart, Problem, SpecError, did_you_mean, format_path
+from pipeline.spec.paths import Roots, check_spec_file, path_problems
 from pipeline.spec.pydantic_errors import convert, model_at
 from pipeline.spec.resolve import expand_model, merged
 from pipeline.spec.spec import Spec
@@ -31,7 +32,25 @@ def parse_override(text: str) -> tuple[tuple[PathPart, ...], Any]:
         name, index = m.groups()
         path.append(int(index) if index is not None else int(name) if name.isdigit() else name)
     origin = f"-S {text}"
-    loaded = yamlio.load_text(f"v: {value}" if value.strip() else "v: null", file=origin)
+    if len(text) > yamlio.MAX_BYTES:
+        raise yamlio.too_large(len(text), "the override", origin)
+    try:
+        loaded = yamlio.load_text(f"v: {value}" if value.strip() else "v: null", file=origin)
+    except SpecError as err:  # the value's YAML: point into the override, past ``key=``
+        shift = len(text) - len(value) - len("v: ")
+        raise SpecError(
+            [
+                Problem(
+                    p.message,
+                    tuple(path),
+                    Mark(origin, 1, p.mark.column + shift, (text,)) if p.mark else None,
+                    code=p.code,
+                    hint=p.hint,
+                    source_line=text,
+                )
+                for p in err.problems
+            ]
+        ) from None
     return tuple(path), loaded["v"]
 
 
@@ -43,8 +62,11 @@ def apply_overrides(raw: Any, overrides: Iterable[str]) -> tuple[Any, list[Probl
         origin = Mark(f"-S {text}", 1, 1)
         try:
             path, value = parse_override(text)
-        except (ValueError, SpecError) as err:
-            problems.append(Problem(str(err).splitlines()[0], (), origin, code="override"))
+        except SpecError as err:
+            problems += err.problems
+            continue
+        except ValueError as err:
+            problems.append(Problem(str(err), (), origin, code="override"))
             continue
         node = out
         for i, part in enumerate(path):
@@ -93,13 +115,17 @@ def _default_tag(raw: Any, path: tuple[PathPart, ...]) -> dict:
     return {"type": kind} if isinstance(kind, str) else {}
 
 
-def _with_extends(raw: Any, file: Path, stack: tuple[Path, ...]) -> Any:
+def _with_extends(raw: Any, file: Path, stack: tuple[Path, ...], roots: Roots) -> Any:
     base_ref = raw.get("extends") if isinstance(raw, Mapping) else None
     if base_ref is None:
         return raw
     mark = yamlio.locate(raw, ("extends",))
     if not isinstance(base_ref, str):
         raise SpecError([Problem("extends must be a file path", ("extends",), mark)])
+    refused = roots.problem(base_ref, file.parent, ("extends",), spec_file=True)
+    if refused is not None:  # before the target is opened: its text never reaches a message
+        refused.mark = mark
+        raise SpecError(_located([refused], raw))
     base_path = (file.parent / base_ref).resolve()
     if base_path in stack:
         chain = " -> ".join(p.name for p in (*stack, base_path))
@@ -115,17 +141,21 @@ def _with_extends(raw: Any, file: Path, stack: tuple[Path, ...]) -> Any:
                 )
             ]
         )
-    base = _with_extends(yamlio.load_file(base_path), base_path, (*stack, base_path))
+    base = _with_extends(yamlio.load_file(base_path), base_path, (*stack, base_path), roots)
     own = yamlio.copy_node(raw)
     del own["extends"]
     return merged(base, own)
 
 
-def resolve_raw(raw: Any, file: Path | None, overrides: Sequence[str] = ()) -> Any:
-    """The raw tree after extends, overrides, blocks and defaults: what pydantic validates."""
+def resolve_raw(
+    raw: Any, file: Path | None, overrides: Sequence[str] = (), *, roots: Roots | None = None
+) -> Any:
+    """The raw tree after extends, overrides, blocks and defaults: what pydantic validates.
+    ``extends`` must name a spec file in ``roots`` (default: those of ``file``'s folder)."""
     problems: list[Problem] = []
     if file is not None:
-        raw = _with_extends(raw, file.resolve(), (file.resolve(),))
+        file = file.resolve()
+        raw = _with_extends(raw, file, (file,), roots or Roots.for_folder(file.parent))
     if overrides:
         raw, problems = apply_overrides(raw, overrides)
     if isinstance(raw, Mapping) and "model" in raw:
@@ -144,8 +174,8 @@ def _located(problems: Iterable[Problem], raw: Any) -> list[Problem]:
         if p.mark is None:
             want_key = p.code == "unknown-key"
             p.mark = (yamlio.key_mark if want_key else yamlio.locate)(raw, p.path)
-        if p.mark is not None and p.source_line is None and not p.mark.file.startswith("-S "):
-            p.source_line = source_line(p.mark.file, p.mark.line)
+        if p.mark is not None and p.source_line is None:
+            p.source_line = p.mark.text
         # one mistake seen through two paths (a bad key in model.defaults, again in each layer
         # it reaches) is one error: at the same place, of the same kind, report it once, under
         # the key path where it is written
@@ -171,14 +201,21 @@ def _nearness(raw: Any, p: Problem) -> tuple[float, float]:
     return (mark.line - parent.line, mark.column - parent.column)
 
 
-def validate_raw(raw: Any, *, base_dir: Path | None = None, check: bool = True) -> Spec:
+def validate_raw(
+    raw: Any, *, base_dir: Path | None = None, check: bool = True, roots: Roots | None = None
+) -> Spec:
     """Validate a resolved raw tree; SpecError carries every located error, warnings kept on
-    ``spec.warnings``."""
+    ``spec.warnings``. Every path the spec names must lie in ``roots`` (default: those of
+    ``base_dir``); none is opened before that is checked."""
     try:
         spec = Spec.model_validate(raw)
     except ValidationError as exc:
         raise SpecError(_located(convert(exc, raw, Spec), raw)) from None
     spec._base_dir = base_dir or Path.cwd()
+    roots = roots or Roots.for_folder(spec._base_dir)
+    problems = path_problems(spec, roots, spec._base_dir) + _unknown_checks(spec)
+    if problems:
+        raise SpecError(_located(problems, raw))
     problems = _load_reused(spec)
     if check and not problems:
         from pipeline.spec.checks import run_checks
@@ -189,6 +226,23 @@ def validate_raw(raw: Any, *, base_dir: Path | None = None, check: bool = True) 
         raise SpecError(problems)
     spec._warnings = problems
     return spec
+
+
+def _unknown_checks(spec: Spec) -> list[Problem]:
+    """``ignore_checks`` may name only registered checks: a misspelt one would silence
+    nothing, and say nothing."""
+    from pipeline.spec.checks import CHECKS
+
+    return [
+        Problem(
+            f"unknown check {name!r}; checks: {', '.join(CHECKS)}",
+            ("ignore_checks", i),
+            code="unknown-name",
+            hint=did_you_mean(name, CHECKS) or "`pipeline checks` lists them",
+        )
+        for i, name in enumerate(spec.ignore_checks)
+        if name not in CHECKS
+    ]
 
 
 def _load_reused(spec: Spec) -> list[Problem]:
@@ -216,8 +270,12 @@ def load_spec(path: str | Path, overrides: Sequence[str] = (), *, check: bool = 
     """Load, resolve and validate a spec file; raises SpecError listing every located problem.
     The overrides are kept, as given, on ``spec.overrides``."""
     file = Path(path)
-    raw = resolve_raw(yamlio.load_file(file), file, overrides)
-    spec = validate_raw(raw, base_dir=file.resolve().parent, check=check)
+    refused = check_spec_file(file)
+    if refused is not None:  # never read a file that is not a spec (its text would show)
+        raise SpecError([refused])
+    roots = Roots.for_folder(file.resolve().parent)
+    raw = resolve_raw(yamlio.load_file(file), file, overrides, roots=roots)
+    spec = validate_raw(raw, base_dir=file.resolve().parent, check=check, roots=roots)
     spec._overrides = tuple(overrides)
     return spec
 
@@ -230,12 +288,16 @@ def load_spec_text(
     base_dir: str | Path | None = None,
     check: bool = True,
 ) -> Spec:
-    """Like :func:`load_spec` for YAML text; relative paths in it (``extends``, reused specs,
-    data folders) are taken from ``base_dir``, by default the current folder."""
-    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    """Like :func:`load_spec` for YAML text (what a Prefect flow is given); relative paths in it
+    (``extends``, reused specs, data folders) are taken from ``base_dir``, by default the
+    current folder, and must lie in that folder's project (``pipeline.spec.paths``)."""
+    base = (Path(base_dir) if base_dir is not None else Path.cwd()).resolve()
+    roots = Roots.for_folder(base)
     raw = yamlio.load_text(text, file=file)
-    raw = resolve_raw(raw, base / Path(file).name if "extends" in raw else None, overrides)
-    spec = validate_raw(raw, base_dir=base.resolve(), check=check)
+    raw = resolve_raw(
+        raw, base / Path(file).name if "extends" in raw else None, overrides, roots=roots
+    )
+    spec = validate_raw(raw, base_dir=base, check=check, roots=roots)
     spec._overrides = tuple(overrides)
     return spec
 

@@ -37,6 +37,8 @@ def clean_path(raw: Any, loc: tuple) -> tuple[tuple[PathPart, ...], bool]:
             path.append(part)
         elif isinstance(node, Mapping) and part == node.get("type"):
             continue  # discriminated-union tag
+        elif exists and path and isinstance(part, str) and not isinstance(node, Mapping):
+            continue  # below a scalar or in a list: a branch label ("constrained-int"), not a key
         elif isinstance(part, str) and ("[" in part or part in {"int", "str", "float", "bool"}):
             continue  # a union branch label like "literal['relu', ...]" or "tuple[int, int]"
         elif last and isinstance(part, str) and isinstance(node, Mapping):
@@ -127,6 +129,7 @@ def convert(exc: ValidationError, raw: Any, root: type[BaseModel]) -> list[Probl
         path, exists = clean_path(raw, err["loc"])
         by_path.setdefault(path, []).append((err, exists))
     _drop_explained_missing(by_path)
+    _drop_split_tuples(by_path, raw)
     problems = []
     paths = list(by_path)
     for path, errs in by_path.items():
@@ -154,6 +157,53 @@ def _drop_explained_missing(by_path: dict[tuple[PathPart, ...], list]) -> None:
             del by_path[path]
 
 
+_TUPLE_REST = re.compile(r"[\s\d.+-]*\)?\s*")
+
+
+def _opens_tuple(value: Any) -> bool:
+    return isinstance(value, str) and value.lstrip().startswith("(")
+
+
+def _drop_split_tuples(by_path: dict[tuple[PathPart, ...], list], raw: Any) -> None:
+    """``{pool_size: (2, 2)}``: the flow mapping's comma makes ``(2`` a value and ``2)`` a key.
+    The unknown key is the same mistake as the value: only the value's error stays."""
+    for path, errs in list(by_path.items()):
+        if errs[0][0]["type"] != "extra_forbidden" or not path:
+            continue
+        parent = _value_at(raw, path[:-1])
+        key = path[-1]
+        if (
+            isinstance(parent, Mapping)
+            and isinstance(key, str)
+            and parent.get(key) is None
+            and _TUPLE_REST.fullmatch(key)
+            and any(_opens_tuple(v) and ")" not in v for v in parent.values())
+        ):
+            del by_path[path]
+
+
+def _tuple_problem(path: tuple[PathPart, ...], value: str, raw: Any) -> Problem:
+    """A value written as a Python tuple (a string to YAML), split or whole."""
+    written = value
+    parent = _value_at(raw, path[:-1])
+    if ")" not in value and isinstance(parent, Mapping):
+        keys = list(parent)
+        rest = keys[keys.index(path[-1]) + 1 :] if path[-1] in keys else []
+        for key in rest:
+            if not (isinstance(key, str) and _TUPLE_REST.fullmatch(key)):
+                break
+            written += ", " + key.strip()
+            if key.strip().endswith(")"):
+                break
+    inner = written.strip().removeprefix("(").removesuffix(")")
+    return Problem(
+        f"{_show(written)} is a Python tuple, which YAML does not have; write a list: "
+        f"[{inner.strip()}]",
+        path,
+        code="tuple",
+    )
+
+
 def _branch_noise(err: dict, value: Any, others: bool) -> bool:
     if not others:
         return False
@@ -168,6 +218,12 @@ def _problem(
     err, _ = errs[0]
     kind = err["type"]
     ctx = err.get("ctx") or {}
+    if _opens_tuple(value) and any(e["type"] in _SCALAR_TYPES for e, _ in errs):
+        return _tuple_problem(path, value, raw)
+    if kind == "literal_error" and not isinstance(value, str):
+        others = [(e, x) for e, x in errs if e["type"] != "literal_error"]
+        if others:  # a number for a field of names or numbers: the number's error says more
+            return _problem(path, others, value, raw, root)
     if kind == "extra_forbidden":
         key = str(path[-1])
         parent = model_at(root, raw, path[:-1])

@@ -15,6 +15,9 @@ from pipeline.spec.base import LAYERS, LayerKind
 from pipeline.spec.composite import Block
 from pipeline.spec.errors import PathPart, Problem, did_you_mean
 
+MAX_LAYERS = 10_000
+"""Most layers a block reference may expand to (``repeat: 10**9`` would never finish)."""
+
 
 def merged(base: Any, over: Any) -> Any:
     """Deep merge: mappings merge key by key, anything else (lists too) is replaced by ``over``."""
@@ -199,6 +202,15 @@ def _expand(
                 out.append(item)
                 if marks_out is not None:
                     marks_out.append(mark)
+            if len(out) > MAX_LAYERS:
+                problems.append(
+                    Problem(
+                        f"the blocks expand this list to more than {MAX_LAYERS} layers",
+                        (*path, i),
+                        code="block",
+                    )
+                )
+                break
             continue
         kind_defaults = defaults.get(kind.type_name) if kind is not None else None
         item = under(kind_defaults, layer) if isinstance(kind_defaults, Mapping) else layer
@@ -239,10 +251,10 @@ def _block_items(
         problems.append(Problem(f"block {name!r} includes itself", path, code="block"))
         return []
     repeat = ref.get("repeat", 1)
-    if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
+    if not isinstance(repeat, int) or isinstance(repeat, bool) or not 1 <= repeat <= MAX_LAYERS:
         problems.append(
             Problem(
-                f"repeat must be a positive integer, got {repeat!r}",
+                f"repeat must be an integer from 1 to {MAX_LAYERS}, got {repeat!r}",
                 (*path, "repeat"),
                 code="block",
             )
@@ -252,9 +264,19 @@ def _block_items(
     if body is None:
         return []
     prefix = ref.get("name") or name
-    items = []
+    items: list = []
     for r in range(1, repeat + 1):
         inner = _expand(body, blocks, defaults, problems, path, (*stack, name))
+        if len(inner) * repeat > MAX_LAYERS:  # measured on the first repeat, before the rest
+            problems.append(
+                Problem(
+                    f"block {name!r} repeated {repeat} times expands to {len(inner) * repeat} "
+                    f"layers; a model may have at most {MAX_LAYERS}",
+                    (*path, "repeat"),
+                    code="block",
+                )
+            )
+            return []
         tag = f"{prefix}{r}" if repeat > 1 else prefix
         items += [_prefixed(layer, tag) for layer in inner]
     return items

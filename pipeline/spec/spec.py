@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, PrivateAttr, create_model, model_validator
 
-from pipeline.spec.base import LAYERS, PositiveInt, StrictModel
+from pipeline.spec.base import LAYERS, Size, StrictModel
 from pipeline.spec.composite import LayerSpec
 from pipeline.spec.data import AugmentSection, DataSection
 from pipeline.spec.errors import Problem
@@ -16,6 +16,10 @@ from pipeline.spec.optim import Adam, ConstantSchedule, OptimizerSpec, ScheduleS
 from pipeline.spec.resolve import expand_model
 from pipeline.spec.shapes import named_layers
 from pipeline.spec.train import EvaluateSection, TrainSection
+
+MAX_NAME = 100
+"""Longest experiment name: it names folders (``runs/<name>``), whose names the file system
+bounds (300 characters failed with 'File name too long')."""
 
 
 class _Generated(StrictModel):
@@ -59,7 +63,7 @@ class ParamBlock(StrictModel):
 class ModelSection(StrictModel):
     """The network, as a list of layers applied in order."""
 
-    input_shape: Annotated[list[PositiveInt], Field(min_length=1, max_length=3)] | None = None
+    input_shape: Annotated[list[Size], Field(min_length=1, max_length=3)] | None = None
     """[channels, height, width] (channels first, as PyTorch) or [features]; default: from the
     dataset (MNIST: [1, 28, 28])."""
     layers: Annotated[list[LayerSpec], Field(min_length=1)]  # type: ignore[valid-type]
@@ -91,11 +95,16 @@ class Spec(StrictModel):
 
     spec_version: Literal[1] = 1
     """Version of this spec language."""
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
-    """Experiment name; names the output folders (letters, digits, _ . -)."""
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=MAX_NAME)]
+    """Experiment name; names the output folders (letters, digits, _ . -; at most 100)."""
     description: str = ""
     extends: str | None = None
-    """A base spec file (relative to this one) that this spec overrides, merged deep."""
+    """A base spec file (.yaml or .yml, relative to this one) that this spec overrides, merged
+    deep. This and every other path a spec names (reused specs and checkpoints, image folders,
+    weights files) must lie in the spec's project folder (the nearest one above it holding
+    dvc.yaml, .dvc, .git or pyproject.toml), or in a folder of the environment variable
+    PIPELINE_ALLOWED_PATHS (separated by os.pathsep), PIPELINE_DATA_MIRROR or
+    PIPELINE_DATA_CACHE."""
     seed: int = 0
     """Seeds data splits, initialization, shuffling and augmentation."""
     data: DataSection

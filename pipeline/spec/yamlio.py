@@ -6,6 +6,7 @@ are re-exported, so loading and locating are one import for the loader.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,6 +18,8 @@ from pipeline.spec.errors import Mark, Problem, SpecError
 from pipeline.spec.located import MappingNode, SequenceNode, copy_node, key_mark, locate, mapping
 
 __all__ = [
+    "MAX_BYTES",
+    "MAX_INT_DIGITS",
     "MAX_NODES",
     "MappingNode",
     "SequenceNode",
@@ -29,6 +32,8 @@ __all__ = [
 ]
 
 MAX_NODES = 100_000  # values after alias expansion; far above any real spec, far below a bomb
+MAX_BYTES = 1 << 20  # a spec is a few KiB; 1 MiB is refused before parsing (50 MB took 140 s)
+MAX_INT_DIGITS = 32  # an int64 has 19; Python refuses to read more than 4300
 
 _NULL = "tag:yaml.org,2002:null"
 _BOOL = "tag:yaml.org,2002:bool"
@@ -93,6 +98,10 @@ for _tag, _pattern, _first in [
     _Loader.add_implicit_resolver(_tag, re.compile(_pattern), _first)
 
 
+def _digits(text: str) -> int:
+    return sum(ch.isalnum() for ch in text.removeprefix("0x").removeprefix("0o"))
+
+
 def _scalar(node: nodes.ScalarNode) -> Any:
     text = node.value
     if node.tag == _NULL:
@@ -118,7 +127,7 @@ class _Builder:
         self.problems: dict[tuple, Problem] = {}  # keyed so an aliased subtree reports once
 
     def mark(self, yaml_mark: Any) -> Mark:
-        return Mark(self.file, yaml_mark.line + 1, yaml_mark.column + 1)
+        return Mark(self.file, yaml_mark.line + 1, yaml_mark.column + 1, self.lines)
 
     def problem(
         self, message: str, path: tuple, mark: Mark | None, code: str, hint: str | None = None
@@ -154,6 +163,16 @@ class _Builder:
                 "remove the tag and write a plain value (quote it to force a string)",
             )
         if isinstance(node, nodes.ScalarNode):
+            if tag is None and node.tag == _INT and _digits(node.value) > MAX_INT_DIGITS:
+                self.problem(
+                    f"an integer of {_digits(node.value)} digits is too large for a spec "
+                    f"(at most {MAX_INT_DIGITS})",
+                    path,
+                    mark,
+                    "int-too-large",
+                    "write a smaller number (quote it to make it a string)",
+                )
+                return 0
             return str(node.value) if tag is not None else _scalar(node)
         if isinstance(node, nodes.SequenceNode):
             seq = SequenceNode(mark=mark)
@@ -230,9 +249,28 @@ def _syntax_problem(b: _Builder, err: yaml.MarkedYAMLError) -> SpecError:
     return _fail(b, message, mark, "yaml-syntax", hint)
 
 
+def too_large(size: int | None, what: str, file: str) -> SpecError:
+    """The error for a spec text of ``size`` bytes (None: unknown) over :data:`MAX_BYTES`."""
+    figure = f"{size / (1 << 20):.1f} MiB ({size} bytes)" if size else "larger than that"
+    return SpecError(
+        [
+            Problem(
+                f"{what} is too large: a spec may be at most {MAX_BYTES // (1 << 20)} MiB, "
+                f"this one is {figure}",
+                mark=Mark(file, 1, 1),
+                code="too-large",
+                hint="a spec is a few KiB of settings: keep data out of it",
+            )
+        ]
+    )
+
+
 def load_text(text: str, file: str = "<string>", *, require_mapping: bool = True) -> Any:
     """Parse one YAML document into Mapping/SequenceNodes and plain scalars; raise SpecError."""
-    b, start, loader = _Builder(file, text.splitlines()), Mark(file, 1, 1), None
+    if len(text) > MAX_BYTES // 4 and len(text.encode("utf-8", "replace")) > MAX_BYTES:
+        raise too_large(len(text.encode("utf-8", "replace")), f"the spec {file}", file)
+    b, loader = _Builder(file, text.splitlines()), None
+    start = Mark(file, 1, 1, b.lines)
     try:
         loader = _Loader(text)
         root = loader.get_node() if loader.check_node() else None
@@ -246,7 +284,7 @@ def load_text(text: str, file: str = "<string>", *, require_mapping: bool = True
             )
         if root is None or (
             isinstance(root, nodes.ScalarNode)
-            and _scalar(root) is None
+            and root.tag == _NULL
             and getattr(root, "explicit_tag", None) is None
         ):
             if not require_mapping:
@@ -271,7 +309,7 @@ def load_text(text: str, file: str = "<string>", *, require_mapping: bool = True
         raise _fail(
             b,
             f"invalid YAML: {err.reason} (character #x{err.character:04x})",
-            Mark(file, line, column),
+            Mark(file, line, column, b.lines),
             "yaml-syntax",
             "remove the character",
         ) from None
@@ -290,6 +328,8 @@ def load_text(text: str, file: str = "<string>", *, require_mapping: bool = True
             "reuse fewer anchors, or use 'extends:'",
         )
     value = b.build(root, ())
+    if b.problems and isinstance(root, nodes.ScalarNode):
+        raise SpecError(b.problems.values())  # what is wrong with it says more than its kind
     if require_mapping and not isinstance(value, MappingNode):
         got = "a list" if isinstance(value, list) else f"the scalar {value!r}"
         b.problem(
@@ -308,7 +348,11 @@ def load_file(path: str | Path, *, require_mapping: bool = True) -> Any:
     """Read a UTF-8 spec file and load it; unreadable or undecodable files raise SpecError."""
     file = str(path)
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:  # at most one byte over the bound: never a whole huge file
+            data = f.read(MAX_BYTES + 1)
+            if len(data) > MAX_BYTES:
+                size = os.fstat(f.fileno()).st_size
+                raise too_large(size if size > MAX_BYTES else None, file, file)
     except FileNotFoundError:
         raise SpecError([Problem(f"spec file not found: {file}", code="file-not-found")]) from None
     except OSError as err:

@@ -10,6 +10,7 @@ from torch import nn
 from pipeline.model import ModelBuildError, build_model, summarize
 from pipeline.model.modules import BackboneNet
 from pipeline.spec.composite import ARCHS
+from pipeline.spec.paths import ALLOWED_ENV
 
 DATA = "{dataset: cifar10}"
 CLASSIFIER = ["avgpool", "flatten", "classifier"]
@@ -22,6 +23,12 @@ TOPS = {
     "resnet50": FC,
     "mobilenet_v2": CLASSIFIER,
 }
+
+
+@pytest.fixture(autouse=True)
+def _weights_in_tmp_path(tmp_path, monkeypatch):
+    # the inline specs' project is the working folder: allow the weights files written here
+    monkeypatch.setenv(ALLOWED_ENV, str(tmp_path))
 
 
 def backbone_spec(spec_of, arch: str, extra: str = "", size: int = 32):

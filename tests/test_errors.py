@@ -55,9 +55,14 @@ def test_a_cuda_device_on_a_machine_without_one_is_a_one_line_error(spec_file, c
     one_line_error(capsys, code, "'cuda'", "CUDA is not available", "device: auto")
 
 
-def test_binary_cross_entropy_on_ten_outputs_is_a_one_line_error(spec_file, capsys):
+def test_binary_cross_entropy_on_ten_outputs_is_a_located_error(spec_file, capsys):
+    """Caught at validate time now (the output-activation check), located in the override."""
     code = main(["train", str(spec_file), "-S", "train.loss=binary_cross_entropy"])
-    one_line_error(capsys, code, "binary_cross_entropy needs one output unit", "10")
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    (line,) = [ln for ln in err.splitlines() if "error: " in ln]
+    assert line.startswith("-S train.loss=binary_cross_entropy:1:1: error: train.loss: "), line
+    assert "binary_cross_entropy needs one output unit; the model has 10" in line
 
 
 def test_a_plateau_schedule_on_an_unrecorded_metric_is_a_one_line_error(spec_file, capsys):

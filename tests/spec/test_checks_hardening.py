@@ -37,7 +37,8 @@ data: {dataset: mnist}
 model:
   layers:
     - {type: flatten}
-    - {type: dense, units: 100000000}
+    - {type: dense, units: 1000000}
+    - {type: dense, units: 1000000}
     - {type: dense, units: 10}
 """
 
@@ -45,10 +46,11 @@ model:
 def test_a_model_that_cannot_fit_in_memory_is_refused_with_figures():
     (p,) = errors_of(HUGE)
     assert p.code == "fits-in-memory" and p.severity == "error"
-    # 784 * 1e8 + 1e8 weights, then 1e8 * 10 + 10: fp32, x4 with gradients and adam's 2 moments
-    weights = 784 * 10**8 + 10**8 + 10**9 + 10
-    # per sample: the input (784), the 1e8 and 10 outputs (flatten is a view); batch 64
-    activations = 64 * (784 + 10**8 + 10)
+    # each layer a size under the 2**20 cap: 784 * 1e6 + 1e6, 1e6 * 1e6 + 1e6, 1e6 * 10 + 10
+    # weights, fp32, x4 with gradients and adam's 2 moments
+    weights = 784 * 10**6 + 10**6 + 10**12 + 10**6 + 10**7 + 10
+    # per sample: the input (784), the 1e6, 1e6 and 10 outputs (flatten is a view); batch 64
+    activations = 64 * (784 + 2 * 10**6 + 10)
     needs = (weights * 4 + activations) * 4 / GIB
     assert f"needs ~{needs:,.1f} GiB" in p.message
     assert f"{weights * 4 / GIB:,.1f} GiB of fp32 weights, x4" in p.message

@@ -39,7 +39,28 @@ def _spec(spec: str | dict[str, Any], overrides: list[str]) -> Spec:
         return load_spec_text(
             yaml.safe_dump(spec, sort_keys=False), overrides, file="<inline spec>"
         )
+    if _from_deployment():
+        _check_inside_project(spec)
     return load_spec(spec, overrides)
+
+
+def _from_deployment() -> bool:
+    """A run of a deployment takes its parameters from whoever started it, maybe over the
+    network; a stage the CLI runs takes them from the person at the command line."""
+    from prefect.runtime import deployment
+
+    return deployment.id is not None
+
+
+def _check_inside_project(spec: str) -> None:
+    """A spec file that a deployment run names must lie in the worker's project folder (or
+    PIPELINE_ALLOWED_PATHS), as paths inside a spec must: its errors quote its text."""
+    from pipeline.spec.errors import SpecError
+    from pipeline.spec.paths import Roots
+
+    problem = Roots.for_folder(Path.cwd()).problem(spec, Path.cwd(), ("spec",), spec_file=True)
+    if problem is not None:
+        raise SpecError([problem])
 
 
 def _run_name() -> str:

@@ -142,6 +142,17 @@ def test_deployment_runs_on_a_process_worker_and_writes_where_dvc_expects(
             cwd=tmp_path,
         )
         ids[name] = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
+    # a caller naming a spec file outside the worker's project: refused unread, so its text
+    # (a broken YAML line an error would quote) never reaches the run's state on the server
+    outside = tmp_path / "elsewhere" / "secret.yaml"
+    outside.parent.mkdir()
+    outside.write_text("name: x\ntoken: SECRET-7f3a [\n")
+    out = _run(
+        [*prefect, "deployment", "run", "experiment/cli", "--param", f"spec={outside}"],
+        env,
+        cwd=tmp_path,
+    )
+    ids["outside"] = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
 
     # the worker starts elsewhere: only the deployments' pull steps put the runs in the projects
     worker_log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed in finally
@@ -167,12 +178,16 @@ def test_deployment_runs_on_a_process_worker_and_writes_where_dvc_expects(
                 assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
                 assert time.monotonic() < deadline, {n: r.state for n, r in runs.items()}
                 time.sleep(1)
-            deployments = {n: client.read_deployment_by_name(f"experiment/{n}") for n in ids}
+            deployments = {n: client.read_deployment_by_name(f"experiment/{n}") for n in projects}
             artifacts = client.read_artifacts()
     finally:
         _stop(worker)
         worker_log.close()
     log = (tmp_path / "worker.log").read_text()
+    refused = runs.pop("outside")
+    assert refused.state.is_failed(), refused.state
+    assert "is outside the folders a spec may name" in refused.state.message
+    assert "SECRET" not in refused.state.message and "SECRET" not in log
     for name, root in projects.items():
         assert runs[name].state.is_completed(), f"{runs[name].state}\n{log[-3000:]}"
         assert runs[name].parameters == {"spec": "specs/tiny.yaml", "overrides": ["train.epochs=1"]}

@@ -41,7 +41,12 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("train", help="train the spec's model (writes runs/<name>/)")
     p.add_argument("spec", type=Path)
     add_overrides(p)
-    p.add_argument("--resume", action="store_true", help="continue from runs/<name>/last.pt")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue exactly from the run's last checkpoint (a fresh start, said, when "
+        "there is none)",
+    )
     p.add_argument("--data", type=Path, metavar="DIR", help=_DATA_HELP)
     p.set_defaults(handler=train)
 

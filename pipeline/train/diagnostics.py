@@ -8,10 +8,15 @@ a linear output has no dead units to count (the flatten of a conv net showed 0.3
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+from pipeline import atomic
+
+if TYPE_CHECKING:
+    from pipeline.run import Run
 
 # a row per layer and epoch in a run's diagnostics file
 COLUMNS = ("epoch", "layer", "act_mean", "act_std", "dead_fraction", "grad_norm")
@@ -77,3 +82,27 @@ def layer_stats(
             p.grad = g
         model.train(was_training)
     return rows
+
+
+def record(run: Run, epoch: int, model: nn.Module, loss_fn: Any, loader: Any) -> None:
+    """Epoch ``epoch``'s statistics on one training batch (the next epoch's first, looked at
+    without moving the loader on), appended to the run's diagnostics file."""
+    next_epoch = loader.epoch
+    rows = layer_stats(model, loss_fn, next(iter(loader)))
+    loader.set_epoch(next_epoch)
+    run.write_csv(
+        run.diagnostics, ({"epoch": epoch + 1, **r} for r in rows), columns=COLUMNS,
+        append=epoch > 0,
+    )  # fmt: skip
+
+
+def trim(run: Run, epochs: int) -> None:
+    """Drop the rows after epoch ``epochs``: a resumed run's stop came after its statistics
+    but before its checkpoint, and the epoch is trained again."""
+    path = run.diagnostics
+    if not path.is_file():
+        return
+    header, *rows = path.read_text().splitlines()
+    kept = [r for r in rows if int(r.split(",", 1)[0]) <= epochs]
+    if len(kept) < len(rows):
+        atomic.write_text(path, "\n".join([header, *kept]) + "\n")

@@ -25,10 +25,8 @@ from pipeline.run import Run
 from pipeline.spec.spec import Spec
 from pipeline.spec.train import Phase
 from pipeline.train import checkpoint as ckpt
-from pipeline.train import outcome
+from pipeline.train import diagnostics, outcome
 from pipeline.train import params as P
-from pipeline.train.diagnostics import COLUMNS as DIAGNOSTICS_COLUMNS
-from pipeline.train.diagnostics import layer_stats
 from pipeline.train.live import RUN_COLUMNS, log_live, open_live, progress
 from pipeline.train.metrics import RunningMetrics, spec_loss
 from pipeline.train.optim import build_optimizer, clip_gradients
@@ -256,6 +254,8 @@ class Trainer:
             log=self.log,
         )
         self.run_id = record["id"]
+        if resume_state is not None:  # rows of an epoch that was not checkpointed go
+            diagnostics.trim(run, self.state.epoch)
         with atomic.writing(run.live):
             self.live = open_live(run.live, self.state.history)
         phases = _phases(spec)
@@ -328,8 +328,8 @@ class Trainer:
         row["time_s"] = round(time.perf_counter() - began, 3)
         row["train_images_per_s"] = round(self.train_loader.n / train_s, 1)
         schedule.after_epoch(row)
-        if self.spec.train.diagnostics:
-            self._diagnostics(epoch)
+        if self.spec.train.diagnostics:  # before the checkpoint: its batch draws dropout masks
+            diagnostics.record(self.run_folder, epoch, self.model, self.loss, self.train_loader)
         s = self.state
         s.epoch = epoch + 1
         s.history.append(row)
@@ -353,20 +353,6 @@ class Trainer:
             f"({row['time_s']:.1f} s, {row['train_images_per_s']:,.0f} img/s)"
         )
         return row
-
-    def _diagnostics(self, epoch: int) -> None:
-        """Per-layer activation/gradient statistics on one training batch, appended to
-        diagnostics.csv (the seeds' vanishing/exploding-gradient and dead-ReLU checks)."""
-        loader = self.train_loader
-        next_epoch = loader.epoch
-        rows = layer_stats(self.model, self.loss, next(iter(loader)))
-        loader.set_epoch(next_epoch)  # the batch was a look: the loader's count stays
-        self.run_folder.write_csv(
-            self.run_folder.diagnostics,
-            ({"epoch": epoch + 1, **r} for r in rows),
-            columns=DIAGNOSTICS_COLUMNS,
-            append=epoch > 0,
-        )
 
     def _write_summary(self, **how: Any) -> None:
         s = outcome.summary(self.run_id, self.state, self.monitor, **how)

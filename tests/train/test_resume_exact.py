@@ -168,3 +168,16 @@ def test_the_checkpoint_holds_every_stateful_piece(workdir):
     assert set(kept["rng"]) >= {"torch", "python", "numpy", "cuda"}
     assert kept["loader_epoch"] == 1
     assert "scaler" in kept
+
+
+def test_diagnostics_resume_without_a_repeated_epoch(workdir):
+    # the statistics' batch draws dropout masks: the RNG state saved must come after it
+    full = train(mlp("full", 3, ["train.diagnostics=true"]), log=quiet)
+    train(mlp("resumed", 2, ["train.diagnostics=true"]), log=quiet)
+    diagnostics = workdir / "runs" / "resumed" / "diagnostics.csv"
+    # killed after epoch 3's statistics were written but before its checkpoint
+    third = [line.replace("2,", "3,", 1) for line in diagnostics.read_text().splitlines()[-4:]]
+    diagnostics.write_text(diagnostics.read_text() + "\n".join(third) + "\n")
+    resumed = train(mlp("resumed", 3, ["train.diagnostics=true"]), resume=True, log=quiet)
+    same_run(full, resumed)
+    assert diagnostics.read_text() == (workdir / "runs" / "full" / "diagnostics.csv").read_text()

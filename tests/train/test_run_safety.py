@@ -441,6 +441,37 @@ def test_a_bad_checkpoint_is_one_line_on_every_command(kind, trained_run, tmp_pa
         assert not marker.exists()
 
 
+def test_a_checkpoint_of_the_older_format_is_not_resumed_inexactly(trained_run, tmp_path, capsys,
+                                                                   monkeypatch):  # fmt: skip
+    shutil.copytree(trained_run, tmp_path, dirs_exist_ok=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PIPELINE_DATA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("PIPELINE_RUNS_DIR", raising=False)
+    last = tmp_path / "runs" / "tiny" / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    for key in ("early_stopping", "rng", "loader_epoch", "scaler", "format"):
+        del state[key]
+    state["stale"], state["rng"] = 0, torch.get_rng_state()  # what the format-1 code wrote
+    torch.save(state, last)
+    code = main(["train", "tiny.yaml", "--resume", "-S", "train.epochs=2"])
+    line = one_line_error(capsys, code, str(Path("runs/tiny/checkpoints/last.pt")), "exactly")
+    assert "early_stopping" in line and "without --resume" in line
+    assert main(["evaluate", "tiny.yaml", "-S", "evaluate.checkpoint=last"]) == 0  # still usable
+
+
+def test_reused_weights_from_a_malicious_pickle_are_one_line_and_never_run(tmp_path):
+    from pipeline.model.errors import ModelBuildError
+    from pipeline.model.weights import read_state_dict
+
+    marker, path = tmp_path / "pwned", tmp_path / "best.pt"
+    path.write_bytes(pickle.dumps({"model": Evil(marker)}))
+    with pytest.raises(ModelBuildError) as err:
+        read_state_dict(path, "missing")
+    message = str(err.value)
+    assert str(path) in message and "\n" not in message and "weights_only" not in message
+    assert not marker.exists()
+
+
 # ---- 10. full and read-only disks, and other OS errors ----------------------------------------
 
 
@@ -496,6 +527,12 @@ def test_a_name_too_long_for_the_file_system_is_one_line(workdir, capsys, monkey
     monkeypatch.setenv("PIPELINE_RUNS_DIR", str(workdir / ("r" * 300)))
     code = main(["train", "tiny.yaml"])
     one_line_error(capsys, code, "File name too long", "rrrr")
+
+
+def test_an_os_error_naming_a_file_is_one_line_at_the_cli(workdir, capsys):
+    (workdir / "afile").write_text("a file, not a folder")
+    code = main(["schedule-preview", "tiny.yaml", "-o", "afile/preview"])
+    one_line_error(capsys, code, "afile/preview", "Not a directory")
 
 
 # ---- 11. a missing device, before any work -------------------------------------------------------

@@ -540,9 +540,10 @@ def test_an_os_error_naming_a_file_is_one_line_at_the_cli(workdir, capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_missing_cuda_device_fails_before_any_data_is_prepared(workdir, capsys):
-    code = main(["train", "tiny.yaml", "-S", "train.device=cuda"])
-    one_line_error(capsys, code, "CUDA is not available", "device: auto")
-    assert not (workdir / "data").exists() and not (workdir / "runs").exists()
+    for command in ("train", "run"):  # run prepares first: the device is checked before
+        code = main([command, "tiny.yaml", "-S", "train.device=cuda"])
+        one_line_error(capsys, code, "CUDA is not available", "device: auto")
+        assert not (workdir / "data").exists() and not (workdir / "runs").exists()
 
 
 def test_every_new_error_is_a_pipeline_error():

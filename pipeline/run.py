@@ -15,6 +15,7 @@ needs the model builder, which imports this module for reused checkpoints, so it
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -31,7 +32,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline import atomic
+from pipeline import atomic, runlock
 
 if TYPE_CHECKING:
     from pipeline.spec.spec import Spec
@@ -132,6 +133,25 @@ class Run:
     def schedule(self) -> Path:
         return self.dir / "schedule"
 
+    @property
+    def lock_file(self) -> Path:
+        """Held by the one training in this folder (:mod:`pipeline.runlock`)."""
+        return self.dir / runlock.LOCK_NAME
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the folder for a training: ``RunLocked`` (naming the holder) while another
+        process trains here."""
+        return runlock.hold(self.dir)
+
+    def remove_temps(self) -> list[Path]:
+        """Remove the temps that writes of training's files killed outright (``kill -9``,
+        a lost machine) left behind; call it only holding :meth:`lock`."""
+        top = [p.name for p in (self.record, self.history, self.summary, self.diagnostics)]
+        checkpoints = [self.checkpoint(w).name for w in ("best", "last")]
+        return atomic.remove_temps(self.dir, top) + atomic.remove_temps(
+            self.checkpoints, checkpoints
+        )
+
     def trained_outputs(self) -> list[Path]:
         """What training writes."""
         return [self.checkpoints, self.history, self.summary, self.live, self.diagnostics]
@@ -205,6 +225,17 @@ class Run:
         the checkpoint's, when the record is missing) and removes only the evaluation of the
         checkpoints it is about to change. A resumed part that runs another spec (more epochs,
         say) records it in its entry. Returns the record."""
+        with atomic.writing(self.dir):
+            return self._start(spec, resume, device, run_id, log)
+
+    def _start(
+        self,
+        spec: Spec,
+        resume: bool,
+        device: Mapping[str, Any] | None,
+        run_id: str | None,
+        log: Log,
+    ) -> dict[str, Any]:
         self.dir.mkdir(parents=True, exist_ok=True)
         now = _now()
         entry = {

@@ -41,7 +41,12 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("train", help="train the spec's model (writes runs/<name>/)")
     p.add_argument("spec", type=Path)
     add_overrides(p)
-    p.add_argument("--resume", action="store_true", help="continue from runs/<name>/last.pt")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue exactly from the run's last checkpoint (a fresh start, said, when "
+        "there is none)",
+    )
     p.add_argument("--data", type=Path, metavar="DIR", help=_DATA_HELP)
     p.set_defaults(handler=train)
 
@@ -67,6 +72,14 @@ def _run(stage: Any, spec: Spec, args: argparse.Namespace, **options: Any) -> An
     return call(stage, spec, source=args.spec, overrides=args.overrides, **options)
 
 
+def _device_here(spec: Spec) -> None:
+    """A training device that is not here is an error now, before any flow run or data work
+    (the train stage checks again where it runs)."""
+    from pipeline.runtime import pick_device
+
+    pick_device(spec.train.device)
+
+
 def prepare(args: argparse.Namespace) -> int:
     from pipeline.data.prepare import load_prepared, report
 
@@ -78,6 +91,7 @@ def prepare(args: argparse.Namespace) -> int:
 
 def train(args: argparse.Namespace) -> int:
     spec = load(args)
+    _device_here(spec)
     trained = _run(stages.train, spec, args, resume=args.resume, data=args.data)
     print(
         f"trained {trained['epochs']} epochs; best epoch {trained['best_epoch']}; "
@@ -97,6 +111,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     spec = load(args)
+    _device_here(spec)
     metrics = _run(stages.experiment, spec, args, resume=args.resume, data=args.data, log=stderr)
     print(f"test_accuracy {metrics['test_accuracy']:.4f}")
     return 0

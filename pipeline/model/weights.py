@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,9 +22,16 @@ def read_state_dict(path: Path, missing: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ModelBuildError(missing)
     try:
-        data = torch.load(path, weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():  # torch's notes on a foreign pickle: the error says it
+            warnings.simplefilter("ignore", UserWarning)
+            data = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as err:  # a corrupt or foreign file: any unpickling error
-        raise ModelBuildError(f"cannot read weights from {path}: {err}") from err
+        # torch's first sentence: the rest is a paragraph (and weights_only=False advice)
+        reason = (str(err).strip().splitlines() or [""])[0].split(". ")[0] or type(err).__name__
+        raise ModelBuildError(
+            f"cannot read weights from {path} ({reason}): train it again, or restore it "
+            "(dvc checkout / dvc pull)"
+        ) from None
     if isinstance(data, Mapping) and isinstance(data.get("model"), Mapping):
         data = data["model"]
     if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from pipeline import atomic
 
 # History columns that describe the run rather than the model (dvclive, the epoch log line and
 # the flows' report show the others).
@@ -30,6 +33,16 @@ def open_live(folder: Path, history: list[dict[str, Any]]) -> Any:
             if os.environ.get("DVC_ROOT"):
                 with contextlib.suppress(Exception):
                     super()._init_dvc()
+
+        def make_summary(self) -> None:
+            # dvclive's own rewrites metrics.json in place: a full disk would leave half of
+            # one (a DVC metrics file, in git) where the last good one was
+            from dvclive.plots import NumpyEncoder
+
+            if self._step is not None:
+                self.summary["step"] = self.step
+            text = json.dumps(self.summary, indent=4, cls=NumpyEncoder) + "\n"
+            atomic.write_text(self.metrics_file, text)
 
     live = _Live(dir=str(folder), dvcyaml=None, save_dvc_exp=False, report=None)
     for row in history:

@@ -1,56 +1,42 @@
 """``train``: the training loop over the spec's phases, with checkpoints, resume and stopping.
 
-Around it: :mod:`pipeline.run` (the run folder, its record and files), :mod:`.live` (dvclive,
-the progress bar), :mod:`.offline` (the offline-augmented set), :mod:`.params` (freezing,
-parameter groups, penalties), :mod:`.diagnostics` (per-layer statistics).
+Around it: :mod:`pipeline.run` (the run folder, its record, files and lock), :mod:`.state` (what
+a checkpoint carries for an exact resume), :mod:`.outcome` (how a run ends: train.json,
+divergence, interruption), :mod:`.live` (dvclive, the progress bar), :mod:`.offline` (the
+offline-augmented set), :mod:`.params` (freezing, parameter groups, penalties),
+:mod:`.diagnostics` (per-layer statistics).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from pipeline import runtime
-from pipeline.errors import PipelineError
+from pipeline import atomic, runtime
+from pipeline.errors import Interrupted
 from pipeline.run import Run
 from pipeline.spec.spec import Spec
 from pipeline.spec.train import Phase
 from pipeline.train import checkpoint as ckpt
+from pipeline.train import diagnostics, outcome
 from pipeline.train import params as P
-from pipeline.train.diagnostics import COLUMNS as DIAGNOSTICS_COLUMNS
-from pipeline.train.diagnostics import layer_stats
 from pipeline.train.live import RUN_COLUMNS, log_live, open_live, progress
 from pipeline.train.metrics import RunningMetrics, spec_loss
 from pipeline.train.optim import build_optimizer, clip_gradients
+from pipeline.train.outcome import TrainingDiverged
 from pipeline.train.schedules import LRSchedule
+from pipeline.train.state import State, Stopper, better, direction, rng_state, set_rng_state
 
 __all__ = ["TrainResult", "Trainer", "TrainingDiverged", "train"]
 
 Log = Callable[[str], None]
-
-
-class TrainingDiverged(PipelineError):
-    """The loss or the gradients became NaN/inf; the last good checkpoint is kept."""
-
-
-@dataclass
-class State:
-    """Everything a resumed run needs besides the weights and optimizer."""
-
-    epoch: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best: float | None = None
-    best_epoch: int | None = None
-    stale: int = 0
-    stopped: str | None = None
 
 
 @dataclass
@@ -64,16 +50,6 @@ class TrainResult:
 
 def _phases(spec: Spec) -> list[Phase]:
     return list(spec.train.phases) or [Phase(name="train", epochs=spec.train.epochs)]
-
-
-def _mode(monitor: str, mode: str) -> str:
-    return mode if mode != "auto" else ("max" if "accuracy" in monitor else "min")
-
-
-def _better(value: float, best: float | None, mode: str, delta: float = 0.0) -> bool:
-    if best is None:
-        return True
-    return value < best - delta if mode == "min" else value > best + delta
 
 
 class Trainer:
@@ -126,7 +102,8 @@ class Trainer:
                 if self.val_loader is not None
                 else "loss"
             )
-        self.monitor, self.monitor_mode = monitor, _mode(monitor, t.checkpoint.mode)
+        self.monitor, self.monitor_mode = monitor, direction(monitor, t.checkpoint.mode)
+        self.stopper = Stopper(t.early_stopping) if t.early_stopping else None
         self.state = State()
         self.run_id: str | None = None
 
@@ -191,8 +168,6 @@ class Trainer:
                 raise TrainingDiverged(
                     f"the loss became NaN/inf at epoch {epoch + 1}, step {step + 1}"
                     + ("" if check_every == 1 else f" (checked every {check_every} steps)")
-                    + ". The learning rate may be too high: lower optimizer.lr, add "
-                    "clip_norm, or check the data. The last good checkpoint is kept."
                 )
         if bad.item():
             raise TrainingDiverged(f"the loss became NaN/inf during epoch {epoch + 1}")
@@ -219,18 +194,31 @@ class Trainer:
     # ---- checkpoints --------------------------------------------------------------------
 
     def _save(self, name: str, optimizer: Any, schedule: Any, phase_index: int) -> None:
-        s = self.state
         ckpt.save(self.run_folder.checkpoint(name), self.spec, {
             "model": self.model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "phase": phase_index,
-            "epoch": s.epoch,
-            "history": json.dumps(s.history),
-            "best": s.best, "best_epoch": s.best_epoch, "stale": s.stale,
-            "rng": torch.get_rng_state(),
+            **self.state.to_checkpoint(),
+            "rng": rng_state(),
+            "loader_epoch": self.train_loader.epoch,
             "run_id": self.run_id,
         })  # fmt: skip
+        if name == "last":
+            self.state.saved = self.state.epoch
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """Take up a stopped run from its last checkpoint: all but optimizer and schedule,
+        which its phase's own take when the phase is entered."""
+        ckpt.load_weights(self.model, state, self.run_folder.checkpoint("last"))
+        self.state = State.from_checkpoint(state)
+        if self.stopper is not None:
+            self.stopper.check(self.state)  # a run that had stopped stays stopped
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.train_loader.set_epoch(state["loader_epoch"])
+        set_rng_state(state["rng"])
 
     def _write_history(self) -> None:
         if self.state.history:
@@ -239,70 +227,86 @@ class Trainer:
     # ---- the run ------------------------------------------------------------------------
 
     def run(self, *, resume: bool = False) -> TrainResult:
-        run = self.run_folder
-        t = self.spec.train
-        es = t.early_stopping
-        es_mode = _mode(es.monitor, es.mode) if es else "min"
-        es_best: float | None = None
-        start_phase, resume_state = 0, None
-        if resume and run.checkpoint("last").is_file():
-            resume_state = ckpt.load(run.checkpoint("last"), self.spec, map_location=self.device)
-            self.model.load_state_dict(resume_state["model"])
-            s = self.state
-            s.epoch, s.best, s.best_epoch, s.stale = (
-                resume_state["epoch"],
-                resume_state["best"],
-                resume_state["best_epoch"],
-                resume_state["stale"],
-            )
-            s.history = json.loads(resume_state["history"])
-            start_phase = resume_state["phase"]
-            torch.set_rng_state(resume_state["rng"].cpu())
-            self.log(f"resuming {self.spec.name} after epoch {s.epoch}")
+        """Train (``resume``: from the run's ``last.pt``, when there is one), holding the run
+        folder's lock. Ctrl-C or SIGTERM raise :class:`Interrupted` saying what was kept."""
+        with self.run_folder.lock(), outcome.stops(self._stopped):
+            return self._run(resume)
+
+    def _stopped(self, signum: int) -> Interrupted:
+        return outcome.interrupted(signum, self.state, self.run_folder)
+
+    def _run(self, resume: bool) -> TrainResult:
+        run, spec = self.run_folder, self.spec
+        for path in run.remove_temps():
+            self.log(f"{spec.name}: removed a temporary file of a write that was killed: {path}")
+        resume_state, last = None, run.checkpoint("last")
+        if resume and not last.is_file():
+            self.log(f"{spec.name}: no checkpoint at {last} to resume from: starting fresh")
+        elif resume:
+            resume_state = ckpt.load(last, spec, map_location=self.device, resume=True)
+            self._restore(resume_state)
+            self.log(f"resuming {spec.name} after epoch {self.state.epoch}")
         record = run.start(
-            self.spec,
+            spec,
             resume=resume_state is not None,
             device=runtime.describe_device(self.device),
             run_id=resume_state.get("run_id") if resume_state is not None else None,
             log=self.log,
         )
         self.run_id = record["id"]
-        self.live = open_live(run.live, self.state.history)
-        phases = _phases(self.spec)
+        if resume_state is not None:  # rows of an epoch that was not checkpointed go
+            diagnostics.trim(run, self.state.epoch)
+        with atomic.writing(run.live):
+            self.live = open_live(run.live, self.state.history)
+        phases = _phases(spec)
+        start_phase = resume_state["phase"] if resume_state is not None else 0
         phase_start = sum(p.epochs for p in phases[:start_phase])
         for index in range(start_phase, len(phases)):
+            if self.state.stopped:
+                break
             phase = phases[index]
             optimizer, schedule = self._enter(phase)
             if resume_state is not None and index == start_phase:
                 optimizer.load_state_dict(resume_state["optimizer"])
                 schedule.load_state_dict(resume_state["schedule"])
             for epoch in range(max(self.state.epoch, phase_start), phase_start + phase.epochs):
-                row = self._epoch(epoch, phase, index, optimizer, schedule)
-                if es is not None and es.monitor in row:
-                    if _better(row[es.monitor], es_best, es_mode, es.min_delta):
-                        es_best, self.state.stale = row[es.monitor], 0
-                    else:
-                        self.state.stale += 1
-                    if self.state.stale > es.patience:
-                        self.state.stopped = (
-                            f"early stopping: {es.monitor} did not improve for {es.patience} epochs"
-                        )
-                        break
+                self._epoch(epoch, phase, index, optimizer, schedule)
+                if self.state.stopped:
+                    break
             phase_start += phase.epochs
-            if self.state.stopped:
-                break
-        self.live.end()  # each epoch's files are already written (next_step); end() closes
+        with atomic.writing(run.live):
+            self.live.end()  # each epoch's files are already written (next_step); end() closes
         if self.state.stopped:
             self.log(self.state.stopped)
-        best_path = run.checkpoint("best")
-        if es is not None and es.restore_best and best_path.is_file():
-            self.model.load_state_dict(
-                ckpt.load(best_path, self.spec, map_location=self.device)["model"]
-            )
-        self._write_summary()
+        weights = self._restore_best()
+        self._write_summary(weights=weights)
         return TrainResult(
             self.model, self.state.history, self.state.best_epoch, self.state.stopped, run.dir
         )
+
+    def _restore_best(self) -> dict[str, Any]:
+        """Early stopping's restore_best: the best checkpoint's weights, said and recorded.
+        Which epoch's weights the model ends with."""
+        s, es, best_path = self.state, self.spec.train.early_stopping, self.run_folder.checkpoint()
+        if es is None or not es.restore_best or not best_path.is_file():
+            return {"epoch": s.epoch, "restored_best": False}
+        best = ckpt.load(best_path, self.spec, map_location=self.device)
+        if best["epoch"] == s.epoch:
+            return {"epoch": s.epoch, "restored_best": False}  # the last epoch is the best
+        ckpt.load_weights(self.model, best, best_path)
+        self.log(
+            f"restored the weights of the best epoch {best['epoch']} ({self.monitor} "
+            f"{best['best']:.4f}) from {best_path}; last.pt keeps epoch {s.epoch}'s"
+        )
+        return {"epoch": best["epoch"], "restored_best": True}
+
+    def _diverged(self, epoch: int, err: TrainingDiverged) -> TrainingDiverged:
+        """Record a divergence (history, train.json); the error says truly what is kept."""
+        self.state.stopped = f"diverged: {err}"
+        self._write_history()
+        error, entry = outcome.diverged(str(err), epoch, self.state, self.run_folder)
+        self._write_summary(weights=None, diverged=entry)
+        return error
 
     def _epoch(
         self, epoch: int, phase: Phase, index: int, optimizer: Any, schedule: LRSchedule
@@ -316,27 +320,29 @@ class Trainer:
                 "lr": lr,
                 **self._train_epoch(epoch, optimizer, schedule),
             }
-        except TrainingDiverged:
-            self._write_history()
-            raise
+        except TrainingDiverged as err:
+            raise self._diverged(epoch, err) from None
         train_s = time.perf_counter() - began
         if self.val_loader is not None:
             row.update({f"val_{k}": v for k, v in self.evaluate(self.val_loader).items()})
         row["time_s"] = round(time.perf_counter() - began, 3)
         row["train_images_per_s"] = round(self.train_loader.n / train_s, 1)
         schedule.after_epoch(row)
-        if self.spec.train.diagnostics:
-            self._diagnostics(epoch)
+        if self.spec.train.diagnostics:  # before the checkpoint: its batch draws dropout masks
+            diagnostics.record(self.run_folder, epoch, self.model, self.loss, self.train_loader)
         s = self.state
         s.epoch = epoch + 1
         s.history.append(row)
-        if self.monitor in row and _better(row[self.monitor], s.best, self.monitor_mode):
+        if self.stopper is not None:
+            self.stopper.update(row, s)  # before the checkpoint: it holds the count
+        if self.monitor in row and better(row[self.monitor], s.best, self.monitor_mode):
             s.best, s.best_epoch = row[self.monitor], epoch + 1
             if self.spec.train.checkpoint.best:
                 self._save("best", optimizer, schedule, index)
         self._save("last", optimizer, schedule, index)  # always: --resume needs it
         self._write_history()
-        log_live(self.live, row)
+        with atomic.writing(self.run_folder.live):
+            log_live(self.live, row)
         shown = ", ".join(
             f"{k} {v:.4f}"
             for k, v in row.items()
@@ -348,30 +354,9 @@ class Trainer:
         )
         return row
 
-    def _diagnostics(self, epoch: int) -> None:
-        """Per-layer activation/gradient statistics on one training batch, appended to
-        diagnostics.csv (the seeds' vanishing/exploding-gradient and dead-ReLU checks)."""
-        rows = layer_stats(self.model, self.loss, next(iter(self.train_loader)))
-        self.run_folder.write_csv(
-            self.run_folder.diagnostics,
-            ({"epoch": epoch + 1, **r} for r in rows),
-            columns=DIAGNOSTICS_COLUMNS,
-            append=epoch > 0,
-        )
-
-    def _write_summary(self) -> None:
-        s = self.state
-        summary = {
-            "run_id": self.run_id,
-            "epochs": s.epoch,
-            "best_epoch": s.best_epoch,
-            "monitor": self.monitor,
-            "best": s.best,
-            "stopped": s.stopped,
-        }  # what it ran on is in the run's record (run.json), under the same run_id
-        if s.history:
-            summary["last"] = s.history[-1]
-        self.run_folder.write_json(self.run_folder.summary, summary)
+    def _write_summary(self, **how: Any) -> None:
+        s = outcome.summary(self.run_id, self.state, self.monitor, **how)
+        self.run_folder.write_json(self.run_folder.summary, s)
 
 
 def train(
@@ -384,11 +369,17 @@ def train(
 ) -> TrainResult:
     """Train the spec's model on its prepared data; writes checkpoints and history under
     ``runs/<name>`` (or ``out``), first recording the run (:meth:`Run.start`: a fresh run
-    replaces the folder's earlier one). Raises TrainingDiverged with a clear message on
-    NaN/inf."""
+    replaces the folder's earlier one). The device is checked and the run folder locked
+    (:class:`pipeline.runlock.RunLocked` while another process trains there) before any
+    work. Raises TrainingDiverged with a clear message on NaN/inf, Interrupted on Ctrl-C or
+    SIGTERM."""
     from pipeline.data.prepare import prepare
 
-    if prepared is None:
-        prepared = prepare(spec)  # a no-op when the data section was prepared already
-    trainer = Trainer(spec, prepared, run=Run(out) if out else Run.of(spec), log=log)
-    return trainer.run(resume=resume)
+    runtime.pick_device(spec.train.device)  # a missing device fails before anything else
+    run = Run(out) if out else Run.of(spec)
+    with run.lock():
+        with outcome.stops(lambda signum: outcome.interrupted_before(signum, run, resume=resume)):
+            if prepared is None:
+                prepared = prepare(spec)  # a no-op when the data section was prepared already
+            trainer = Trainer(spec, prepared, run=run, log=log)
+        return trainer.run(resume=resume)

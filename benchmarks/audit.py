@@ -594,11 +594,12 @@ def read_only_runs_folder(c: Case) -> Outcome:
 
 
 @case("limits")
-def huge_model(c: Case) -> Outcome:
-    spec = _tiny_with(c, "units: 16,", "units: 800000,")  # 784*800k + 800k*10: ~635M parameters
+def model_beyond_memory(c: Case) -> Outcome:
+    # 784 * 800k + 800k * 800k + 800k * 10 weights: ~640 billion, 2.3 TiB in fp32
+    spec = _tiny_with(c, "units: 16,", "units: 800000}\n    - {type: dense, units: 800000,")
     res = c.run("validate", str(spec))
     if res.rc == 0:
-        return "wrong", "validate accepts a ~635M-parameter model"
+        return "wrong", "validate accepts a model of ~640 billion parameters"
     return one_line_error(res, "GiB")
 
 

@@ -1,10 +1,11 @@
 """The prepare stage: raw dataset -> selected, split, resized uint8 arrays in a stable folder.
 
 ``data/prepared/<dataset>-<hash>/`` holds ``{train,val,test}_{x,y}.npy`` (images uint8 N,C,H,W;
-labels int64) and ``meta.json``. The hash covers only what changes the content: the data section
-(less ``mirror`` and ``download``) and the seed when a split or subset is drawn with it. The
-folder appears atomically (written beside it, then renamed), so a later stage never reads half
-of one; preparing again is a no-op.
+labels int64), ``meta.json`` and the marker that says the folder is prepare's own (see
+:mod:`.store`). The hash covers only what changes the content: the data section (less
+``mirror`` and ``download``) and the seed when a split or subset is drawn with it. The folder
+appears atomically (written beside it, then renamed), so a later stage never reads half of one;
+preparing again is a no-op; a folder prepare did not write is never replaced.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,17 +23,16 @@ import numpy as np
 import torch
 
 from pipeline.data import select as sel
+from pipeline.data import store
 from pipeline.data.folders import folder_fingerprint
 from pipeline.data.raw import DataError, RawData
 from pipeline.data.sources import read_source
-from pipeline.proc import pid_alive
+from pipeline.data.store import FORMAT, SPLITS
 from pipeline.spec.base import pair
 
 if TYPE_CHECKING:
     from pipeline.spec.spec import Spec
 
-FORMAT = 1  # bump when the same data section would produce different arrays
-SPLITS = ("train", "val", "test")
 Array = torch.Tensor | np.ndarray
 
 
@@ -124,22 +123,6 @@ def _fingerprints(spec: Spec) -> dict[str, str]:
     return {p: folder_fingerprint(spec.path_of(p)) for p in folders if p}
 
 
-def _complete(root: Path, key: str, fingerprints: dict[str, str]) -> bool:
-    try:
-        meta = json.loads((root / "meta.json").read_text())
-    except (OSError, ValueError):
-        return False
-    if meta.get("format") != FORMAT or meta.get("key") != key:
-        return False
-    if any(meta["checksums"].get(p) != f for p, f in fingerprints.items()):
-        return False
-    files = meta.get("files", {})
-    return bool(files) and all(
-        (root / name).is_file() and (root / name).stat().st_size == size
-        for name, size in files.items()
-    )
-
-
 # ---- prepare -------------------------------------------------------------------------------
 
 
@@ -159,16 +142,14 @@ def prepare(
     key = data_key(spec)
     target = Path(target) if target is not None else prepared_dir(spec, out_root)
     fingerprints = _fingerprints(spec) if spec.data.dataset == "image_folder" else {}
-    if not force and _complete(target, key, fingerprints):
+    if not force and store.complete(target, key, fingerprints):
         note(f"{target} is up to date")
         return load_prepared(target)
+    store.check_replaceable(target)  # a folder someone else wrote: refused, before any reading
     source_classes = spec.data.source_classes()
     if source_classes is not None:  # fail on a misspelt class before reading any data
         sel.class_mapping(spec.data.classes, source_classes)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(target)
-    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    tmp.mkdir()
+    tmp = store.new_temp(target)
     try:
         raw = read_source(spec.data, spec.path_of)
         note(
@@ -178,17 +159,18 @@ def prepare(
         splits, mapping = build_splits(raw, spec)
         mean, std = sel.normalization(splits["train"][0], spec.data.normalize)
         files = {}
-        for name, (x, y) in splits.items():
-            for suffix, arr in (("x", x), ("y", y)):
-                path = tmp / f"{name}_{suffix}.npy"
-                np.save(path, arr.numpy())
-                files[path.name] = path.stat().st_size
-                note(f"wrote {path.name}")
-        meta = _meta(spec, key, raw, splits, mapping, mean, std, files)
-        # meta.json last: its presence (with matching sizes) is what 'complete' means.
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-        note("wrote meta.json")
-        _install(tmp, target, key, fingerprints, replace=force)
+        with store.writing(target.parent):
+            for name, (x, y) in splits.items():
+                for suffix, arr in (("x", x), ("y", y)):
+                    path = tmp / f"{name}_{suffix}.npy"
+                    np.save(path, arr.numpy())
+                    files[path.name] = path.stat().st_size
+                    note(f"wrote {path.name}")
+            meta = _meta(spec, key, raw, splits, mapping, mean, std, files)
+            # meta.json last: its presence (with matching sizes) is what 'complete' means.
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+            note("wrote meta.json")
+            store.install(tmp, target, key, fingerprints, replace=force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -274,34 +256,6 @@ def _short(spec: Spec, folder: str) -> str:
     return folder
 
 
-def _install(
-    tmp: Path, target: Path, key: str, fingerprints: dict[str, str], *, replace: bool = False
-) -> None:
-    """Move ``tmp`` to ``target``. A complete ``target`` found there (a concurrent prepare got
-    there first) is kept, unless ``replace`` (``force``: the user asked for a fresh copy)."""
-    try:
-        os.replace(tmp, target)  # atomic; fails if a non-empty target is there
-        return
-    except OSError:
-        pass
-    if not replace and _complete(target, key, fingerprints):
-        shutil.rmtree(tmp, ignore_errors=True)
-        return
-    old = target.parent / f".old-{target.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _remove_stale(target: Path) -> None:
-    """Temp and replaced folders of prepares that were killed (their process is gone)."""
-    for prefix in (f".tmp-{target.name}-", f".old-{target.name}-"):
-        for path in target.parent.glob(prefix + "*"):
-            pid = path.name.removeprefix(prefix).split("-")[0]
-            if pid.isdigit() and not pid_alive(int(pid)):
-                shutil.rmtree(path, ignore_errors=True)
-
-
 # ---- read back -----------------------------------------------------------------------------
 
 
@@ -312,8 +266,8 @@ def load_prepared_for(spec: Spec, folder: str | Path) -> Prepared:
     key, found = data_key(spec), prepared.meta.get("key")
     if found != key:
         raise DataError(
-            f"{folder} holds data prepared for another data section (key {found}, this spec's "
-            f"is {key}): run 'pipeline prepare <spec> --out {folder}' (or 'dvc repro')"
+            f"{folder} holds data prepared for another data section (key {found}, this "
+            f"spec's is {key}): run 'pipeline prepare <spec> --out {folder}' (or 'dvc repro')"
         )
     return prepared
 

@@ -77,6 +77,7 @@ def test_mnist_counts_and_the_seeds_validation_split(mnist_prepared):
     )
     assert {f.name for f in p.root.iterdir()} == {
         "meta.json",
+        "pipeline-prepared.txt",  # the marker: this folder is prepare's own
         *(f"{s}_{a}.npy" for s in ("train", "val", "test") for a in "xy"),
     }
 

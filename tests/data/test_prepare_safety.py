@@ -16,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from pipeline.data import DataError, prepare
+from pipeline import stages
+from pipeline.data import DataError, load_prepared, prepare, prepared_dir
 from pipeline.data.folders import decode
 from tests.data.conftest import spec_from
 
@@ -74,6 +76,111 @@ def spec_file(root: Path, data: dict | None = None) -> Path:
     )
     (root / "s.yaml").write_text(text)  # JSON is YAML
     return root / "s.yaml"
+
+
+# ---- a folder that is not prepare's is refused, the files untouched ---------------------------
+
+
+def test_prepare_out_refuses_a_users_folder_naming_it(tmp_path):
+    image_folder(tmp_path)
+    spec_file(tmp_path)
+    files = user_folder(tmp_path / "mine")
+    proc = cli("prepare", "s.yaml", "--out", "mine", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()  # one line, no traceback
+    assert line.startswith("error: ") and "mine" in line and "not a prepared data folder" in line
+    assert intact(tmp_path / "mine", files)
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes", "thesis.txt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith((".tmp-", ".old-"))]
+
+
+def test_the_stages_refuse_a_users_folder(tmp_path):
+    image_folder(tmp_path)
+    spec = spec_from(GRAY, tmp_path)
+    files = user_folder(tmp_path / "mine")
+    for call in (
+        lambda: stages.prepare(spec, out=tmp_path / "mine"),
+        lambda: stages.prepare(spec, out=tmp_path / "mine", force=True),
+        lambda: stages.experiment(spec, data=tmp_path / "mine", log=lambda _: None),
+    ):
+        with pytest.raises(DataError, match=r"mine.* is not a prepared data folder"):
+            call()
+        assert intact(tmp_path / "mine", files)
+
+
+def test_the_default_folder_is_refused_too_when_someone_elses(tmp_path):
+    image_folder(tmp_path)
+    spec = spec_from(GRAY, tmp_path)
+    target = prepared_dir(spec, tmp_path / "out")
+    files = user_folder(target)
+    with pytest.raises(DataError, match=target.name):
+        prepare(spec, tmp_path / "out")
+    assert intact(target, files)
+
+
+def test_extra_files_in_a_prepared_folder_are_not_deleted(tmp_path):
+    image_folder(tmp_path)
+    spec = spec_from(GRAY, tmp_path)
+    out = tmp_path / "out"
+    prepare(spec, target=out)
+    (out / "my-analysis.ipynb").write_text("{}")
+    with pytest.raises(DataError, match=r"my-analysis\.ipynb"):
+        prepare(spec, target=out, force=True)
+    assert (out / "my-analysis.ipynb").read_text() == "{}"
+    assert prepare(spec, target=out).root == out  # complete: read, nothing replaced
+
+
+def test_a_file_or_unlistable_target_is_refused(tmp_path):
+    image_folder(tmp_path)
+    spec = spec_from(GRAY, tmp_path)
+    (tmp_path / "out.txt").write_text("mine")
+    with pytest.raises(DataError, match=r"out\.txt is a file"):
+        prepare(spec, target=tmp_path / "out.txt")
+    assert (tmp_path / "out.txt").read_text() == "mine"
+
+
+def test_an_empty_folder_and_an_incomplete_one_of_ours_are_used(tmp_path):
+    image_folder(tmp_path)
+    spec = spec_from(GRAY, tmp_path)
+    (tmp_path / "empty").mkdir()
+    assert (prepare(spec, target=tmp_path / "empty").root / MARKER).is_file()
+    # killed while writing (the marker comes first) and a truncated array: both replaced
+    (tmp_path / "killed").mkdir()
+    (tmp_path / "killed" / MARKER).write_text("")
+    (tmp_path / "killed" / "train_x.npy").write_bytes(b"half")
+    assert len(prepare(spec, target=tmp_path / "killed").split("train")[1]) == 2
+    (tmp_path / "killed" / "test_x.npy").unlink(missing_ok=True)
+    (tmp_path / "killed" / "train_x.npy").write_bytes(b"truncated")
+    again = prepare(spec, target=tmp_path / "killed")
+    assert again.split("train")[0].shape == (2, 1, 8, 8)
+
+
+def test_a_prepared_folder_of_an_earlier_version_is_ours(tmp_path):
+    # written before the marker existed: meta.json with the prepared layout is the evidence
+    image_folder(tmp_path)
+    spec = spec_from(GRAY, tmp_path)
+    out = tmp_path / "out"
+    prepare(spec, target=out)
+    (out / MARKER).unlink()
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, "key": "00000000"}))  # stale
+    again = prepare(spec, target=out)
+    assert again.meta["key"] == meta["key"] and (out / MARKER).is_file()
+
+
+def test_stale_temp_cleanup_removes_only_prepares_own(tmp_path):
+    image_folder(tmp_path)
+    spec = spec_from(GRAY, tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = 2**22 + 12345  # above any pid_max: no such process
+    theirs = out / f".tmp-x-{dead}-abcdef"  # named like a temp folder, but a user's
+    files = user_folder(theirs)
+    ours = out / f".tmp-x-{dead}-123456"
+    ours.mkdir()
+    (ours / MARKER).write_text("")
+    prepare(spec, target=out / "x")
+    assert intact(theirs, files) and not ours.exists()
 
 
 # ---- 16-bit images: scaled to 8 bits, not clipped ---------------------------------------------
@@ -171,6 +278,11 @@ UNREADABLE = {  # case: (what is made unreadable, what the one line must name)
     "class-folder": (lambda imgs: (imgs / "a").chmod(0), r"cannot read folder .*imgs/a\b"),
     "class-folder-no-x": (lambda imgs: (imgs / "a").chmod(0o644), r"cannot read folder .*imgs/a"),
     "image-folder": (lambda imgs: imgs.chmod(0), r"cannot read folder .*image-folder/imgs:"),
+    "out-folder": (
+        lambda imgs: (imgs.parent / "out").mkdir(mode=0),
+        r"cannot read out \(Permission denied\)",
+    ),
+    "read-only": (lambda imgs: imgs.parent.chmod(0o555), r"cannot write the prepared data in"),
 }
 # One process runs `pipeline prepare s.yaml --out out` in each case's project through the CLI's
 # own main (what the console script runs), and reports its exit status, stderr, and any
@@ -225,3 +337,13 @@ def test_unreadable_files_and_folders_are_named_not_a_traceback(tmp_path):
         assert rc == 1 and len(lines) == 1, (case, stderr)
         assert re.search(named, lines[0]), (case, lines[0])
         assert sorted(p.name for p in (tmp_path / case / "imgs" / "a").iterdir()) == ["0.png"]
+
+
+# ---- the prepared folder's own listing --------------------------------------------------------
+
+
+def test_the_marker_is_written_and_explains_itself(tmp_path):
+    image_folder(tmp_path)
+    p = prepare(spec_from(GRAY, tmp_path), target=tmp_path / "out")
+    assert "pipeline prepare" in (p.root / MARKER).read_text()
+    assert torch.equal(load_prepared(p.root).split("train")[1], torch.tensor([0, 1]))

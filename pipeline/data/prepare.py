@@ -179,9 +179,12 @@ def prepare(
 
 
 def build_splits(raw: RawData, spec: Spec) -> tuple[dict[str, sel.Split], list[int]]:
-    """Classes, then the validation split (of the selected training samples), then subsets of
-    train and test (validation is never cut), then colour and size. Returns the splits and,
-    per new label, its source class index."""
+    """Classes, then the validation split and subsets, then colour and size. Returns the splits
+    and, per new label, its source class index.
+
+    ``validation.fraction`` is a fraction of the training subset: 30 per class and 0.2 give 24
+    training and 6 validation images per class. ``validation.first`` (the seeds' first N) and
+    ``validation.path`` are held out of, or apart from, the whole training split and never cut."""
     data = spec.data
     if data.validation is not None and data.validation.path and data.dataset != "image_folder":
         raise DataError(
@@ -190,11 +193,16 @@ def build_splits(raw: RawData, spec: Spec) -> tuple[dict[str, sel.Split], list[i
         )
     mapping = sel.class_mapping(data.classes, raw.classes)
     splits = {k: sel.select_classes(s, mapping, len(raw.classes)) for k, s in raw.splits.items()}
-    train, val = sel.split_validation(splits["train"], data, split_seed(spec))
+    seed = split_seed(spec)
+    of_subset = data.validation is not None and data.validation.fraction is not None
+    if of_subset:
+        splits = sel.subsets(splits, data, seed)
+    train, val = sel.split_validation(splits["train"], data, seed)
     splits["train"] = train
     if val is not None:
         splits["val"] = val
-    splits = sel.subsets(splits, data, split_seed(spec))
+    if not of_subset:
+        splits = sel.subsets(splits, data, seed)
     size = pair(data.image_size) if data.image_size is not None else None
     out = {}
     for name in SPLITS:

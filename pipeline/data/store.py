@@ -20,7 +20,7 @@ from pathlib import Path
 from pipeline.data.raw import DataError
 from pipeline.proc import pid_alive
 
-FORMAT = 1  # bump when the same data section would produce different arrays
+FORMAT = 2  # bump when the same data section would produce different arrays
 MARKER = "pipeline-prepared.txt"
 MARKER_TEXT = (
     "This folder was written by `pipeline prepare`, which replaces it when the data section\n"

@@ -22,7 +22,7 @@ from PIL import Image
 from pipeline import stages
 from pipeline.data import DataError, load_prepared, prepare, prepared_dir
 from pipeline.data.folders import decode
-from tests.data.conftest import spec_from
+from tests.data.conftest import need_mirror, spec_from
 
 REPO = Path(__file__).resolve().parents[2]
 MARKER = "pipeline-prepared.txt"  # what prepare writes first into a folder of its own
@@ -231,6 +231,27 @@ def test_16_bit_pngs_prepare_to_8_bit_values(tmp_path):
     assert np.array_equal(x[0], (RAMP >> 8).astype(np.uint8))
     assert np.array_equal(x[1], ((RAMP // 2) >> 8).astype(np.uint8))
     assert (x[0] == 255).mean() < 0.01  # was 99.6% white
+
+
+# ---- validation.fraction is a fraction of the subset ------------------------------------------
+
+
+def test_validation_fraction_is_taken_of_the_subset(tmp_path):
+    data = {
+        "dataset": "mnist",
+        "mirror": str(need_mirror("MNIST")),
+        "subset": {"train_per_class": 30, "test_per_class": 5},
+        "validation": {"fraction": 0.2},
+    }
+    p = prepare(spec_from(data, tmp_path), tmp_path / "out")
+    assert p.meta["counts"]["train"] == {str(c): 24 for c in range(10)}  # was 300 in all
+    assert p.meta["counts"]["val"] == {str(c): 6 for c in range(10)}  # was 12,000
+    assert len(p.split("test")[1]) == 50
+    train, val = (p.split(s)[0].flatten(1) for s in ("train", "val"))
+    assert not (train[:, None] == val[None]).all(-1).any()  # disjoint
+    # validation.first still holds out the first N of the whole training split
+    first = prepare(spec_from({**data, "validation": {"first": 500}}, tmp_path), tmp_path / "out")
+    assert len(first.split("val")[1]) == 500 and len(first.split("train")[1]) == 300
 
 
 # ---- bad image folders: one clear error naming the file or folder -----------------------------

@@ -3,9 +3,12 @@
 ``data/prepared/<dataset>-<hash>/`` holds ``{train,val,test}_{x,y}.npy`` (images uint8 N,C,H,W;
 labels int64), ``meta.json`` and the marker that says the folder is prepare's own (see
 :mod:`.store`). The hash covers only what changes the content: the data section (less
-``mirror`` and ``download``) and the seed when a split or subset is drawn with it. The folder
-appears atomically (written beside it, then renamed), so a later stage never reads half of one;
-preparing again is a no-op; a folder prepare did not write is never replaced.
+``mirror`` and ``download``), the seed when a split or subset is drawn with it, and with
+``augment.mode: offline`` the augment section and seed: the training split is then the
+originals followed by ``factor`` augmented copies of each (``<dataset>-offline-<hash>``), made
+here and only read by train. The folder appears atomically (written beside it, then renamed),
+so a later stage never reads half of one; preparing again is a no-op; a folder prepare did not
+write is never replaced.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ class Prepared:
     root: Path
     meta: dict[str, Any]
     splits: dict[str, tuple[Array, torch.Tensor]]
+    written: bool = False
+    """Prepared by the call that returned it (False: found complete and read)."""
 
     @property
     def classes(self) -> list[str]:
@@ -84,9 +89,20 @@ def split_seed(spec: Spec) -> int:
     return spec.seed if spec.data.seed is None else spec.data.seed
 
 
+def offline(spec: Spec) -> dict[str, Any] | None:
+    """What the offline-augmented training set depends on (``augment.mode: offline`` with
+    transforms; None otherwise): the copies per image, the transforms and the seed."""
+    a = spec.augment
+    if a.mode != "offline" or not a.transforms:
+        return None
+    transforms = a.model_dump(mode="json")["transforms"]
+    return {"factor": a.factor, "transforms": transforms, "seed": spec.seed}
+
+
 def data_key(spec: Spec) -> str:
     """Short hash of the data section's canonical JSON (defaults left out, so a new optional
-    field does not move every folder), its folders resolved, plus the seed when it draws."""
+    field does not move every folder), its folders resolved, plus the seed when it draws, plus
+    the offline augmentation when there is one."""
     d = spec.data.model_dump(mode="json", exclude_defaults=True, exclude={"mirror", "download"})
     for k in ("path", "test_path"):
         if d.get(k):
@@ -96,6 +112,8 @@ def data_key(spec: Spec) -> str:
     d.pop("seed", None)
     if _uses_seed(spec):
         d["seed"] = split_seed(spec)
+    if offline(spec) is not None:
+        d["offline"] = offline(spec)
     d["format"] = FORMAT
     text = json.dumps(d, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:8]
@@ -112,8 +130,10 @@ def _portable(folder: str | Path) -> str:
 
 
 def prepared_dir(spec: Spec, out_root: str | Path = "data/prepared") -> Path:
-    """``<out_root>/<dataset>-<data_key>``: the folder ``prepare`` writes for this spec."""
-    return Path(out_root) / f"{spec.data.dataset}-{data_key(spec)}"
+    """``<out_root>/<dataset>-<data_key>`` (``<dataset>-offline-<data_key>`` with offline
+    augmentation): the folder ``prepare`` writes for this spec."""
+    kind = "-offline" if offline(spec) is not None else ""
+    return Path(out_root) / f"{spec.data.dataset}{kind}-{data_key(spec)}"
 
 
 def _fingerprints(spec: Spec) -> dict[str, str]:
@@ -158,6 +178,10 @@ def prepare(
         )
         splits, mapping = build_splits(raw, spec)
         mean, std = sel.normalization(splits["train"][0], spec.data.normalize)
+        augmented = offline(spec)
+        if augmented is not None:
+            augmented["originals"] = len(splits["train"][1])
+            splits["train"] = _offline_augment(spec, splits["train"], note)
         files = {}
         with store.writing(target.parent):
             for name, (x, y) in splits.items():
@@ -167,6 +191,7 @@ def prepare(
                     files[path.name] = path.stat().st_size
                     note(f"wrote {path.name}")
             meta = _meta(spec, key, raw, splits, mapping, mean, std, files)
+            meta["offline"] = augmented  # the training split: originals, then the copies
             # meta.json last: its presence (with matching sizes) is what 'complete' means.
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
             note("wrote meta.json")
@@ -175,7 +200,18 @@ def prepare(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     note(f"prepared {target}")
-    return Prepared(target, meta, dict(splits))
+    return Prepared(target, meta, dict(splits), written=True)
+
+
+def _offline_augment(spec: Spec, train: sel.Split, note: Callable[[str], None]) -> sel.Split:
+    """The training split as the originals, then ``factor`` augmented copies of each (normalized
+    with the originals' statistics, as online augmentation is)."""
+    from pipeline.data.augment import offline_augment
+
+    x, y = train
+    factor = spec.augment.factor
+    note(f"offline augmentation: {factor} augmented copies of each of {len(y)} training images")
+    return offline_augment(x, spec.augment, spec.seed), y.repeat(1 + factor)
 
 
 def build_splits(raw: RawData, spec: Spec) -> tuple[dict[str, sel.Split], list[int]]:
@@ -269,12 +305,14 @@ def _short(spec: Spec, folder: str) -> str:
 
 def load_prepared_for(spec: Spec, folder: str | Path) -> Prepared:
     """The prepared folder ``folder`` (e.g. one ``dvc pull`` restored), checked to hold this
-    spec's data: a folder prepared for another data section is an error, never used."""
+    spec's data: a folder prepared for another data section (or offline augmentation) is an
+    error, never used."""
     prepared = load_prepared(folder)
     key, found = data_key(spec), prepared.meta.get("key")
     if found != key:
+        what = " or offline augmentation" if offline(spec) or prepared.meta.get("offline") else ""
         raise DataError(
-            f"{folder} holds data prepared for another data section (key {found}, this "
+            f"{folder} holds data prepared for another data section{what} (key {found}, this "
             f"spec's is {key}): run 'pipeline prepare <spec> --out {folder}' (or 'dvc repro')"
         )
     return prepared
@@ -330,6 +368,12 @@ def report(prepared: Prepared, *, as_json: bool = False) -> str:
     for c in prepared.classes:
         lines.append(f"{c:<{width}}" + "".join(f"{counts[s][c]:>9}" for s in names))
     lines.append(f"{'total':<{width}}" + "".join(f"{sum(counts[s].values()):>9}" for s in names))
+    augmented = prepared.meta.get("offline")
+    if augmented:
+        lines.append(
+            f"train: {augmented['originals']} images, then {augmented['factor']} augmented "
+            "copies of each (augment.mode: offline)"
+        )
     skipped = prepared.meta["skipped_corrupt"]["count"]
     if skipped:
         lines.append(f"skipped {skipped} corrupt image file(s)")

@@ -29,8 +29,10 @@ def prepare(
     spec: Spec, *, force: bool = False, out: str | Path | None = None, log: Log = _quiet
 ) -> str:
     """Prepare (or find) the spec's data, in the folder ``out`` when given (a DVC stage's
-    output), else ``data/prepared/<dataset>-<hash>``; ``force`` prepares again. ``log`` gets a
-    line per step. Returns the prepared folder."""
+    output), else ``data/prepared/<dataset>-<hash>``; ``force`` prepares again. A folder that
+    prepare did not write (not empty, without its marker) is refused, even with ``force``: a
+    DataError names it and nothing in it is touched. ``log`` gets a line per step. Returns the
+    prepared folder."""
     from pipeline.data.prepare import prepare as prepare_data
 
     return str(prepare_data(spec, force=force, progress=log, target=out).root)
@@ -74,8 +76,9 @@ def evaluate(spec: Spec, *, data: str | Path | None = None, log: Log = print) ->
 def experiment(
     spec: Spec, *, resume: bool = False, data: str | Path | None = None, log: Log = print
 ) -> dict[str, Any]:
-    """prepare -> train -> evaluate, preparing into the folder ``data`` when given; returns the
-    test metrics. The ``experiment`` flow runs the same three, each as a task."""
+    """prepare -> train -> evaluate, preparing into the folder ``data`` when given (refused,
+    as by ``prepare``, when it is someone else's); returns the test metrics. The
+    ``experiment`` flow runs the same three, each as a task."""
     root = prepare(spec, out=data, log=log)
     train(spec, resume=resume, data=root, log=log)
     return evaluate(spec, data=root, log=log)

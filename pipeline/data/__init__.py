@@ -8,7 +8,8 @@ Public API::
 
 Modules: ``sources`` (``read_source``, over ``builtin``: torchvision datasets, checked by
 ``verify``; and ``folders``: image folders), ``raw`` (``RawData``, ``DataError``, mirror and
-cache), ``select`` and ``prepare`` (the prepare stage), ``loader`` (batches), ``augment`` (a
+cache), ``select`` and ``prepare`` (the prepare stage; ``store``: the prepared folder on disk,
+whose it is and how it is replaced), ``loader`` (batches), ``augment`` (a
 package: batched augmentation), ``preview``. Adding a torchvision dataset of a known family is one
 entry of ``pipeline.spec.data.DATASETS``.
 """

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,17 +48,60 @@ def read_image_folder(data: DataSection, resolve: Resolve) -> RawData:
 def folder_fingerprint(folder: Path) -> str:
     """sha1 of every image file's relative name, size and mtime: changes when the folder does."""
     h = hashlib.sha1()
-    for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
-            st = path.stat()
-            h.update(f"{path.relative_to(folder)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    for path in image_files(folder):
+        st = path.stat()
+        h.update(f"{path.relative_to(folder)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The image files under ``folder`` (any depth; symlinked folders are not followed), sorted.
+    A folder that cannot be listed is a DataError naming it: skipping it, as ``Path.rglob``
+    does, would leave its images out of the dataset without a word."""
+    _require_folder(folder)
+
+    def fail(err: OSError) -> None:
+        raise DataError(f"cannot read folder {err.filename or folder}: {err.strerror or err}")
+
+    found = []
+    for top, _dirs, names in os.walk(folder, onerror=fail):
+        for name in names:
+            path = Path(top) / name
+            if path.suffix.lower() in IMAGE_EXTENSIONS and _is_file(path):
+                found.append(path)
+    return sorted(found)
+
+
+def _require_folder(folder: Path) -> None:
+    try:
+        if folder.is_file():
+            raise DataError(f"image folder {folder} is a file, not a folder of class sub-folders")
+        if not folder.is_dir():
+            raise DataError(
+                f"image folder {folder} does not exist: expected one sub-folder per class"
+            )
+    except OSError as err:
+        raise DataError(f"cannot read image folder {folder}: {err.strerror or err}") from err
+
+
+def _is_file(path: Path) -> bool:
+    """A regular file, or a link to one (not a dangling link, a fifo or a folder)."""
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except FileNotFoundError:
+        return False  # a dangling link
+    except OSError as err:  # e.g. a folder that lists but cannot be entered
+        raise DataError(f"cannot read folder {path.parent}: {err.strerror or err}") from err
+
+
 def _scan(folder: Path, classes: list[str] | None) -> tuple[list[str], list[tuple[Path, int]]]:
-    if not folder.is_dir():
-        raise DataError(f"image folder {folder} does not exist: expected one sub-folder per class")
-    names = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    _require_folder(folder)
+    try:
+        names = sorted(
+            d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
+        )
+    except OSError as err:
+        raise DataError(f"cannot read image folder {folder}: {err.strerror or err}") from err
     if not names:
         raise DataError(f"image folder {folder} has no class sub-folders")
     if classes is not None and names != classes:
@@ -66,11 +111,7 @@ def _scan(folder: Path, classes: list[str] | None) -> tuple[list[str], list[tupl
         )
     files: list[tuple[Path, int]] = []
     for label, name in enumerate(names):
-        found = sorted(
-            p
-            for p in (folder / name).rglob("*")
-            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-        )
+        found = image_files(folder / name)
         if not found:
             raise DataError(
                 f"class folder {folder / name} has no images (expected files ending in "
@@ -82,10 +123,12 @@ def _scan(folder: Path, classes: list[str] | None) -> tuple[list[str], list[tupl
 
 def decode(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
     """One image file as uint8 (C, H, W) in PIL ``mode`` ("L" or "RGB"), resized to ``size``
-    (height, width) when given; transparency composited on white."""
+    (height, width) when given; transparency composited on white; 16-bit images scaled to 8
+    bits (``predict`` decodes its files here too)."""
     from PIL import Image
 
     with Image.open(path) as img:
+        img = _eight_bit(img)
         if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
             rgba = img.convert("RGBA")
             img = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
@@ -96,6 +139,24 @@ def decode(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
             img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
         arr = np.asarray(img, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _eight_bit(img: Any) -> Any:
+    """A 16-bit grayscale image (PNG and TIFF open as mode ``I;16``, a 16-bit PGM as ``I``) as
+    8-bit ``L``: its high byte, which is how PIL itself reads 16-bit RGB. PIL's ``convert``
+    would clip every value above 255 instead: a 16-bit photo would come out all white. A 16-bit
+    transparent gray (PNG ``tRNS``) becomes the alpha of an ``LA`` image."""
+    from PIL import Image
+
+    if not (img.mode.startswith("I;16") or (img.mode == "I" and img.format == "PPM")):
+        return img
+    values = np.asarray(img).astype(np.int64)
+    out = Image.fromarray((values >> 8).clip(0, 255).astype(np.uint8))
+    transparent = img.info.get("transparency")
+    if isinstance(transparent, int):
+        alpha = np.where(values == transparent, 0, 255).astype(np.uint8)
+        out = Image.merge("LA", (out, Image.fromarray(alpha)))
+    return out
 
 
 def _decode_all(

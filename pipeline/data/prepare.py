@@ -1,10 +1,14 @@
 """The prepare stage: raw dataset -> selected, split, resized uint8 arrays in a stable folder.
 
 ``data/prepared/<dataset>-<hash>/`` holds ``{train,val,test}_{x,y}.npy`` (images uint8 N,C,H,W;
-labels int64) and ``meta.json``. The hash covers only what changes the content: the data section
-(less ``mirror`` and ``download``) and the seed when a split or subset is drawn with it. The
-folder appears atomically (written beside it, then renamed), so a later stage never reads half
-of one; preparing again is a no-op.
+labels int64), ``meta.json`` and the marker that says the folder is prepare's own (see
+:mod:`.store`). The hash covers only what changes the content: the data section (less
+``mirror`` and ``download``), the seed when a split or subset is drawn with it, and with
+``augment.mode: offline`` the augment section and seed: the training split is then the
+originals followed by ``factor`` augmented copies of each (``<dataset>-offline-<hash>``), made
+here and only read by train. The folder appears atomically (written beside it, then renamed),
+so a later stage never reads half of one; preparing again is a no-op; a folder prepare did not
+write is never replaced.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import hashlib
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,17 +26,16 @@ import numpy as np
 import torch
 
 from pipeline.data import select as sel
+from pipeline.data import store
 from pipeline.data.folders import folder_fingerprint
 from pipeline.data.raw import DataError, RawData
 from pipeline.data.sources import read_source
-from pipeline.proc import pid_alive
+from pipeline.data.store import FORMAT, SPLITS
 from pipeline.spec.base import pair
 
 if TYPE_CHECKING:
     from pipeline.spec.spec import Spec
 
-FORMAT = 1  # bump when the same data section would produce different arrays
-SPLITS = ("train", "val", "test")
 Array = torch.Tensor | np.ndarray
 
 
@@ -44,6 +46,8 @@ class Prepared:
     root: Path
     meta: dict[str, Any]
     splits: dict[str, tuple[Array, torch.Tensor]]
+    written: bool = False
+    """Prepared by the call that returned it (False: found complete and read)."""
 
     @property
     def classes(self) -> list[str]:
@@ -85,9 +89,20 @@ def split_seed(spec: Spec) -> int:
     return spec.seed if spec.data.seed is None else spec.data.seed
 
 
+def offline(spec: Spec) -> dict[str, Any] | None:
+    """What the offline-augmented training set depends on (``augment.mode: offline`` with
+    transforms; None otherwise): the copies per image, the transforms and the seed."""
+    a = spec.augment
+    if a.mode != "offline" or not a.transforms:
+        return None
+    transforms = a.model_dump(mode="json")["transforms"]
+    return {"factor": a.factor, "transforms": transforms, "seed": spec.seed}
+
+
 def data_key(spec: Spec) -> str:
     """Short hash of the data section's canonical JSON (defaults left out, so a new optional
-    field does not move every folder), its folders resolved, plus the seed when it draws."""
+    field does not move every folder), its folders resolved, plus the seed when it draws, plus
+    the offline augmentation when there is one."""
     d = spec.data.model_dump(mode="json", exclude_defaults=True, exclude={"mirror", "download"})
     for k in ("path", "test_path"):
         if d.get(k):
@@ -97,6 +112,8 @@ def data_key(spec: Spec) -> str:
     d.pop("seed", None)
     if _uses_seed(spec):
         d["seed"] = split_seed(spec)
+    if offline(spec) is not None:
+        d["offline"] = offline(spec)
     d["format"] = FORMAT
     text = json.dumps(d, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:8]
@@ -113,8 +130,10 @@ def _portable(folder: str | Path) -> str:
 
 
 def prepared_dir(spec: Spec, out_root: str | Path = "data/prepared") -> Path:
-    """``<out_root>/<dataset>-<data_key>``: the folder ``prepare`` writes for this spec."""
-    return Path(out_root) / f"{spec.data.dataset}-{data_key(spec)}"
+    """``<out_root>/<dataset>-<data_key>`` (``<dataset>-offline-<data_key>`` with offline
+    augmentation): the folder ``prepare`` writes for this spec."""
+    kind = "-offline" if offline(spec) is not None else ""
+    return Path(out_root) / f"{spec.data.dataset}{kind}-{data_key(spec)}"
 
 
 def _fingerprints(spec: Spec) -> dict[str, str]:
@@ -122,22 +141,6 @@ def _fingerprints(spec: Spec) -> dict[str, str]:
     d = spec.data
     folders = [d.path, d.test_path, d.validation.path if d.validation else None]
     return {p: folder_fingerprint(spec.path_of(p)) for p in folders if p}
-
-
-def _complete(root: Path, key: str, fingerprints: dict[str, str]) -> bool:
-    try:
-        meta = json.loads((root / "meta.json").read_text())
-    except (OSError, ValueError):
-        return False
-    if meta.get("format") != FORMAT or meta.get("key") != key:
-        return False
-    if any(meta["checksums"].get(p) != f for p, f in fingerprints.items()):
-        return False
-    files = meta.get("files", {})
-    return bool(files) and all(
-        (root / name).is_file() and (root / name).stat().st_size == size
-        for name, size in files.items()
-    )
 
 
 # ---- prepare -------------------------------------------------------------------------------
@@ -159,16 +162,14 @@ def prepare(
     key = data_key(spec)
     target = Path(target) if target is not None else prepared_dir(spec, out_root)
     fingerprints = _fingerprints(spec) if spec.data.dataset == "image_folder" else {}
-    if not force and _complete(target, key, fingerprints):
+    if not force and store.complete(target, key, fingerprints):
         note(f"{target} is up to date")
         return load_prepared(target)
+    store.check_replaceable(target)  # a folder someone else wrote: refused, before any reading
     source_classes = spec.data.source_classes()
     if source_classes is not None:  # fail on a misspelt class before reading any data
         sel.class_mapping(spec.data.classes, source_classes)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(target)
-    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    tmp.mkdir()
+    tmp = store.new_temp(target)
     try:
         raw = read_source(spec.data, spec.path_of)
         note(
@@ -177,29 +178,49 @@ def prepare(
         )
         splits, mapping = build_splits(raw, spec)
         mean, std = sel.normalization(splits["train"][0], spec.data.normalize)
+        augmented = offline(spec)
+        if augmented is not None:
+            augmented["originals"] = len(splits["train"][1])
+            splits["train"] = _offline_augment(spec, splits["train"], note)
         files = {}
-        for name, (x, y) in splits.items():
-            for suffix, arr in (("x", x), ("y", y)):
-                path = tmp / f"{name}_{suffix}.npy"
-                np.save(path, arr.numpy())
-                files[path.name] = path.stat().st_size
-                note(f"wrote {path.name}")
-        meta = _meta(spec, key, raw, splits, mapping, mean, std, files)
-        # meta.json last: its presence (with matching sizes) is what 'complete' means.
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-        note("wrote meta.json")
-        _install(tmp, target, key, fingerprints, replace=force)
+        with store.writing(target.parent):
+            for name, (x, y) in splits.items():
+                for suffix, arr in (("x", x), ("y", y)):
+                    path = tmp / f"{name}_{suffix}.npy"
+                    np.save(path, arr.numpy())
+                    files[path.name] = path.stat().st_size
+                    note(f"wrote {path.name}")
+            meta = _meta(spec, key, raw, splits, mapping, mean, std, files)
+            meta["offline"] = augmented  # the training split: originals, then the copies
+            # meta.json last: its presence (with matching sizes) is what 'complete' means.
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+            note("wrote meta.json")
+            store.install(tmp, target, key, fingerprints, replace=force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     note(f"prepared {target}")
-    return Prepared(target, meta, dict(splits))
+    return Prepared(target, meta, dict(splits), written=True)
+
+
+def _offline_augment(spec: Spec, train: sel.Split, note: Callable[[str], None]) -> sel.Split:
+    """The training split as the originals, then ``factor`` augmented copies of each (normalized
+    with the originals' statistics, as online augmentation is)."""
+    from pipeline.data.augment import offline_augment
+
+    x, y = train
+    factor = spec.augment.factor
+    note(f"offline augmentation: {factor} augmented copies of each of {len(y)} training images")
+    return offline_augment(x, spec.augment, spec.seed), y.repeat(1 + factor)
 
 
 def build_splits(raw: RawData, spec: Spec) -> tuple[dict[str, sel.Split], list[int]]:
-    """Classes, then the validation split (of the selected training samples), then subsets of
-    train and test (validation is never cut), then colour and size. Returns the splits and,
-    per new label, its source class index."""
+    """Classes, then the validation split and subsets, then colour and size. Returns the splits
+    and, per new label, its source class index.
+
+    ``validation.fraction`` is a fraction of the training subset: 30 per class and 0.2 give 24
+    training and 6 validation images per class. ``validation.first`` (the seeds' first N) and
+    ``validation.path`` are held out of, or apart from, the whole training split and never cut."""
     data = spec.data
     if data.validation is not None and data.validation.path and data.dataset != "image_folder":
         raise DataError(
@@ -208,11 +229,16 @@ def build_splits(raw: RawData, spec: Spec) -> tuple[dict[str, sel.Split], list[i
         )
     mapping = sel.class_mapping(data.classes, raw.classes)
     splits = {k: sel.select_classes(s, mapping, len(raw.classes)) for k, s in raw.splits.items()}
-    train, val = sel.split_validation(splits["train"], data, split_seed(spec))
+    seed = split_seed(spec)
+    of_subset = data.validation is not None and data.validation.fraction is not None
+    if of_subset:
+        splits = sel.subsets(splits, data, seed)
+    train, val = sel.split_validation(splits["train"], data, seed)
     splits["train"] = train
     if val is not None:
         splits["val"] = val
-    splits = sel.subsets(splits, data, split_seed(spec))
+    if not of_subset:
+        splits = sel.subsets(splits, data, seed)
     size = pair(data.image_size) if data.image_size is not None else None
     out = {}
     for name in SPLITS:
@@ -274,46 +300,20 @@ def _short(spec: Spec, folder: str) -> str:
     return folder
 
 
-def _install(
-    tmp: Path, target: Path, key: str, fingerprints: dict[str, str], *, replace: bool = False
-) -> None:
-    """Move ``tmp`` to ``target``. A complete ``target`` found there (a concurrent prepare got
-    there first) is kept, unless ``replace`` (``force``: the user asked for a fresh copy)."""
-    try:
-        os.replace(tmp, target)  # atomic; fails if a non-empty target is there
-        return
-    except OSError:
-        pass
-    if not replace and _complete(target, key, fingerprints):
-        shutil.rmtree(tmp, ignore_errors=True)
-        return
-    old = target.parent / f".old-{target.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _remove_stale(target: Path) -> None:
-    """Temp and replaced folders of prepares that were killed (their process is gone)."""
-    for prefix in (f".tmp-{target.name}-", f".old-{target.name}-"):
-        for path in target.parent.glob(prefix + "*"):
-            pid = path.name.removeprefix(prefix).split("-")[0]
-            if pid.isdigit() and not pid_alive(int(pid)):
-                shutil.rmtree(path, ignore_errors=True)
-
-
 # ---- read back -----------------------------------------------------------------------------
 
 
 def load_prepared_for(spec: Spec, folder: str | Path) -> Prepared:
     """The prepared folder ``folder`` (e.g. one ``dvc pull`` restored), checked to hold this
-    spec's data: a folder prepared for another data section is an error, never used."""
+    spec's data: a folder prepared for another data section (or offline augmentation) is an
+    error, never used."""
     prepared = load_prepared(folder)
     key, found = data_key(spec), prepared.meta.get("key")
     if found != key:
+        what = " or offline augmentation" if offline(spec) or prepared.meta.get("offline") else ""
         raise DataError(
-            f"{folder} holds data prepared for another data section (key {found}, this spec's "
-            f"is {key}): run 'pipeline prepare <spec> --out {folder}' (or 'dvc repro')"
+            f"{folder} holds data prepared for another data section{what} (key {found}, this "
+            f"spec's is {key}): run 'pipeline prepare <spec> --out {folder}' (or 'dvc repro')"
         )
     return prepared
 
@@ -368,6 +368,12 @@ def report(prepared: Prepared, *, as_json: bool = False) -> str:
     for c in prepared.classes:
         lines.append(f"{c:<{width}}" + "".join(f"{counts[s][c]:>9}" for s in names))
     lines.append(f"{'total':<{width}}" + "".join(f"{sum(counts[s].values()):>9}" for s in names))
+    augmented = prepared.meta.get("offline")
+    if augmented:
+        lines.append(
+            f"train: {augmented['originals']} images, then {augmented['factor']} augmented "
+            "copies of each (augment.mode: offline)"
+        )
     skipped = prepared.meta["skipped_corrupt"]["count"]
     if skipped:
         lines.append(f"skipped {skipped} corrupt image file(s)")

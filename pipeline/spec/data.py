@@ -97,6 +97,9 @@ class ValidationSplit(StrictModel):
     N samples, or (image_folder) a folder of its own."""
 
     fraction: Annotated[float, Field(gt=0, lt=1)] | None = None
+    """A fraction of each class of the training split, held out (seeded); with
+    ``subset.train_per_class`` a fraction of the subset (30 per class and 0.2: 24 training and
+    6 validation images per class)."""
     first: PositiveInt | None = None
     """The first N training samples (the seeds' ``X_train_full[:5000]``)."""
     path: str | None = None

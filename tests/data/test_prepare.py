@@ -77,6 +77,7 @@ def test_mnist_counts_and_the_seeds_validation_split(mnist_prepared):
     )
     assert {f.name for f in p.root.iterdir()} == {
         "meta.json",
+        "pipeline-prepared.txt",  # the marker: this folder is prepare's own
         *(f"{s}_{a}.npy" for s in ("train", "val", "test") for a in "xy"),
     }
 
@@ -126,8 +127,9 @@ def test_task_b_keeps_sandal_and_shirt_as_binary(make_spec, tmp_path):
 def test_the_example_specs_prepare(tmp_path, monkeypatch):
     monkeypatch.setenv("PIPELINE_DATA_MIRROR", str(need_mirror("FashionMNIST")))
     b = prepare(load_spec(REPO / "specs/fashion_task_b_on_a.yaml"), tmp_path)
-    assert b.meta["counts"]["train"] == {"sandal": 100, "shirt": 100}  # subset after the split
-    assert b.meta["counts"]["val"] == {"sandal": 1200, "shirt": 1200}
+    # validation.fraction 0.2 is a fraction of the subset of 100 per class
+    assert b.meta["counts"]["train"] == {"sandal": 80, "shirt": 80}
+    assert b.meta["counts"]["val"] == {"sandal": 20, "shirt": 20}
     leaky = prepare(load_spec(REPO / "specs/leaky_relu_mlp.yaml"), tmp_path)
     assert leaky.image_shape == (1, 2, 4)  # a 2x4 thumbnail
     assert leaky.split("train")[0].shape[1:] == (1, 2, 4)
@@ -147,16 +149,13 @@ def test_per_class_subset_is_seeded(make_spec, tmp_path):
     a = prepare(make_spec(data, seed=1), tmp_path / "a")
     again = prepare(make_spec(data, seed=1), tmp_path / "b")
     other = prepare(make_spec(data, seed=2), tmp_path / "c")
-    assert counts(a, "train") == [30] * 10 and counts(a, "test") == [7] * 10
+    assert counts(a, "train") == [15] * 10 and counts(a, "test") == [7] * 10  # half of 30
     for split in ("train", "val", "test"):
         assert torch.equal(a.split(split)[0], again.split(split)[0])
         assert not torch.equal(a.split(split)[0], other.split(split)[0])
     pinned = prepare(make_spec({**data, "seed": 1}, seed=2), tmp_path / "d")
     assert torch.equal(a.split("val")[0], pinned.split("val")[0])  # data.seed draws the split
-    val = a.split("val")[1]
-    assert torch.equal(
-        torch.bincount(val), torch.tensor([round(n / 2) for n in MNIST_TRAIN_COUNTS])
-    )
+    assert torch.equal(torch.bincount(a.split("val")[1]), torch.tensor([15] * 10))
 
 
 def test_standardize_uses_the_training_split_only(make_spec, tmp_path):
@@ -165,7 +164,7 @@ def test_standardize_uses_the_training_split_only(make_spec, tmp_path):
         "mirror": str(need_mirror("MNIST")),
         "normalize": "standardize",
         "subset": {"train_per_class": 200},
-        "validation": {"fraction": 0.5},
+        "validation": {"first": 5000},  # held out of the whole split: 5000 against 2000
     }
     p = prepare(make_spec(data), tmp_path)
     train = p.split("train")[0].numpy().astype(np.float64) / 255

@@ -36,6 +36,7 @@ data:
   validation: {{first: 500}}
   normalize: standardize
 augment:
+  mode: {mode}
   transforms:
     - {{type: horizontal_flip, p: {flip}}}
 model:
@@ -93,7 +94,7 @@ class Repo:
 
     def write_spec(self, **values: object) -> None:
         (self.root / "specs" / "tiny.yaml").write_text(
-            TINY.format(**({"test_per_class": 50, "flip": 0.1} | values))
+            TINY.format(**({"test_per_class": 50, "flip": 0.1, "mode": "online"} | values))
         )
 
     def commit(self, message: str) -> None:
@@ -196,13 +197,31 @@ def test_a_second_repro_runs_nothing(repo: Repo):
     assert {p: p.stat().st_mtime_ns for p in outputs} == before
 
 
-def test_an_augmentation_change_reruns_train_and_evaluate_not_prepare(repo: Repo):
+def test_an_augmentation_change_retrains_and_leaves_the_prepared_data_as_it_was(repo: Repo):
+    # prepare reads `augment` (offline copies are prepared data); an online change finds its
+    # folder up to date and leaves it untouched, so the data train depends on is the same
+    prepared = repo.root / "data" / "prepared" / "tiny"
+    before = {p.name: (p.stat().st_mtime_ns, md5(p)) for p in prepared.iterdir()}
     repo.write_spec(flip=0.2)
     proc = repo.run("dvc", "repro")
-    assert ran(proc.stdout) == {"resolve", "train", "evaluate"}, proc.stdout
-    assert skipped(proc.stdout) == {"prepare"}
+    assert ran(proc.stdout) == {"resolve", "prepare", "train", "evaluate"}, proc.stdout
+    assert "data/prepared/tiny is up to date" in proc.stdout
+    assert {p.name: (p.stat().st_mtime_ns, md5(p)) for p in prepared.iterdir()} == before
     assert "p: 0.2" in (repo.out / "spec.yaml").read_text()
     repo.commit("flip 0.2")
+
+
+def test_offline_augmentation_is_prepares_output_and_train_only_reads_it(repo: Repo):
+    repo.write_spec(flip=0.2, mode="offline")
+    proc = repo.run("dvc", "repro")
+    assert ran(proc.stdout) == STAGES, proc.stdout
+    assert "offline augmentation: 2 augmented copies of each of 2000" in proc.stdout
+    meta = json.loads((repo.root / "data" / "prepared" / "tiny" / "meta.json").read_text())
+    assert meta["offline"]["originals"] == 2000
+    assert sum(meta["counts"]["train"].values()) == 6000  # the originals and two copies each
+    assert sorted(p.name for p in (repo.root / "data" / "prepared").iterdir()) == ["tiny"]
+    assert "Data and pipelines are up to date" in repo.run("dvc", "status").stdout
+    repo.commit("offline augmentation")
 
 
 def test_a_data_change_reruns_every_stage(repo: Repo):

@@ -332,12 +332,15 @@ def png_16_bit(c: Case) -> Outcome:
 def stale_checkpoint_temps(c: Case) -> Outcome:
     spec = trained(c)
     folder = c.dir / "runs" / "tiny" / "checkpoints"
-    stale = folder / ".last.pt.k9x2a1"
-    stale.write_bytes(b"half a checkpoint")
+    # what torch.save into a temp left when killed: this version's name, and the one before's
+    stale = [folder / ".last.pt.k9x2a1bq.tmp.pt", folder / ".last.pt.k9x2a1bq.pt"]
+    for path in stale:
+        path.write_bytes(b"half a checkpoint")
     res = c.run("train", str(spec), "--resume", timeout=300)
     if res.traceback:
         return "traceback", last_line(res.out)
-    return ("wrong", "the stale temp file stays") if stale.exists() else ("clean", "removed")
+    left = [p.name for p in stale if p.exists()]
+    return ("wrong", f"stale temps stay: {left}") if left else ("clean", "removed")
 
 
 # ---- resume and stops -----------------------------------------------------------------------
@@ -718,7 +721,7 @@ def unfreeze_reused_inner(c: Case) -> Outcome:
         model:
           input_shape: [1, 28, 28]
           layers:
-            - {{type: reuse, spec: {base.name}, drop_last: 1, trainable: false}}
+            - {{type: reuse, name: base, spec: {base.name}, drop_last: 1, trainable: false}}
             - {{type: dense, units: 10, activation: softmax}}
         optimizer: {{type: sgd, lr: 0.05}}
         train:
@@ -728,13 +731,10 @@ def unfreeze_reused_inner(c: Case) -> Outcome:
             - {{epochs: 1, unfreeze: ["base.dense_1"]}}
         """,
     )
-    names = c.run("summary", str(spec), "--expand").out
+    listed = "base.dense_1" in c.run("summary", str(spec), "--expand").out
     res = c.run("validate", str(spec))
     if res.rc:
-        return (
-            "wrong",
-            f"summary lists base.dense_1: {'base.dense_1' in names}; {last_line(res.out)}",
-        )
+        return "wrong", f"summary lists base.dense_1: {listed}; validate: {res.out[-120:]}"
     return "clean", "validates"
 
 

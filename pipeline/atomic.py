@@ -25,6 +25,8 @@ from pipeline.errors import PipelineError
 TEMP_MARK = ".tmp"
 # .<name>.<8 random characters of mkstemp>.tmp<the name's own suffix>
 _TEMP = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp(?P<suffix>\.[^.]*)?")
+# the name before this version, without the mark: .<name>.<8 random characters><its suffix>
+_LEGACY_TEMP = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]*)?")
 
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _READ_ONLY = {errno.EROFS}
@@ -120,6 +122,8 @@ def is_temp(path: Path, names: Collection[str] | None = None) -> bool:
     """Whether ``path`` is one of :func:`replacing`'s temps (of a file in ``names``, if
     given): a leftover where no write is under way."""
     m = _TEMP.fullmatch(path.name)
+    if m is None and names is not None:  # an earlier version's temp of one of these files
+        m = _LEGACY_TEMP.fullmatch(path.name)
     if m is None or (m["suffix"] or "") != Path(m["name"]).suffix:
         return False
     return names is None or m["name"] in names

@@ -1,6 +1,7 @@
 """Split sizes known before prepare: a built-in dataset's per-class counts taken through the
 data section's class selection, validation split and subsets, the way prepare draws them
-(``pipeline.data.select``: classes, then validation, then subsets)."""
+(``pipeline.data.prepare.build_splits``: classes, then the training subset and a validation
+fraction of it; or a validation of the first N, then the subsets)."""
 
 from __future__ import annotations
 
@@ -54,22 +55,24 @@ def split_sizes(data: DataSection) -> SplitSizes | None:
     train_total: int | None = sum(train)
     val: int | None = None
     v = data.validation
-    if v is not None and v.fraction is not None:
-        held = [round(n * v.fraction) for n in train]  # as split_validation draws per class
-        train = [n - h for n, h in zip(train, held, strict=True)]
-        train_total, val = sum(train), sum(held)
-    elif v is not None and v.first is not None:
-        if v.first >= sum(train):
-            return None  # prepare refuses it, naming the sizes
-        train_total, val = sum(train) - v.first, v.first
-        train = None  # which classes the first N took depends on the data's order
     sub = data.subset
-    if sub is not None and sub.train_per_class is not None:
-        per = sub.train_per_class
-        if train is not None:
-            train_total = sum(min(n, per) for n in train)
-        elif per < max(table.train_counts[i] for i in mapping):
-            train_total = None  # unless no class is cut, it depends on the first N's classes
+    per = sub.train_per_class if sub is not None else None
+    if v is not None and v.fraction is not None:
+        # a fraction of the training subset: the subset first, then the hold-out per class
+        kept = [n if per is None else min(n, per) for n in train]
+        held = [round(n * v.fraction) for n in kept]  # as split_validation draws per class
+        train_total, val = sum(kept) - sum(held), sum(held)
+    else:
+        if v is not None and v.first is not None:
+            if v.first >= sum(train):
+                return None  # prepare refuses it, naming the sizes
+            train_total, val = sum(train) - v.first, v.first
+            train = None  # which classes the first N took depends on the data's order
+        if per is not None:
+            if train is not None:
+                train_total = sum(min(n, per) for n in train)
+            elif per < max(table.train_counts[i] for i in mapping):
+                train_total = None  # unless no class is cut, it depends on the first N's classes
     if sub is not None and sub.test_per_class is not None:
         test = [min(n, sub.test_per_class) for n in test]
     return SplitSizes(train_total, val, sum(test))

@@ -127,9 +127,10 @@ def test_task_b_keeps_sandal_and_shirt_as_binary(make_spec, tmp_path):
 def test_the_example_specs_prepare(tmp_path, monkeypatch):
     monkeypatch.setenv("PIPELINE_DATA_MIRROR", str(need_mirror("FashionMNIST")))
     b = prepare(load_spec(REPO / "specs/fashion_task_b_on_a.yaml"), tmp_path)
-    # validation.fraction 0.2 is a fraction of the subset of 100 per class
-    assert b.meta["counts"]["train"] == {"sandal": 80, "shirt": 80}
-    assert b.meta["counts"]["val"] == {"sandal": 20, "shirt": 20}
+    # validation.fraction 0.2 is a fraction of the subset of 125 per class: the seeds' 200
+    # training images remain
+    assert b.meta["counts"]["train"] == {"sandal": 100, "shirt": 100}
+    assert b.meta["counts"]["val"] == {"sandal": 25, "shirt": 25}
     leaky = prepare(load_spec(REPO / "specs/leaky_relu_mlp.yaml"), tmp_path)
     assert leaky.image_shape == (1, 2, 4)  # a 2x4 thumbnail
     assert leaky.split("train")[0].shape[1:] == (1, 2, 4)

@@ -71,7 +71,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     )
     (root / "params.yaml").write_text("specs:\n  - tiny\n")
     (root / "specs").mkdir()
-    (root / "specs" / "tiny.yaml").write_text(TINY.format(test_per_class=20, flip=0.1))
+    (root / "specs" / "tiny.yaml").write_text(
+        TINY.format(test_per_class=20, flip=0.1, mode="online")
+    )
     run("git", "add", "-A")
     run("git", "commit", "-q", "-m", "a tiny project")
     home = Path(env["PIPELINE_HOME"])

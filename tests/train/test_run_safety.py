@@ -219,11 +219,13 @@ def test_temps_of_a_write_killed_by_sigkill_are_removed_at_the_next_start(workdi
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     (stale,) = [p for p in run.checkpoints.iterdir() if p.name not in ("best.pt", "last.pt")]
     assert stale.name.startswith(".last.pt.")
+    legacy = run.checkpoints / ".best.pt.k9x2a1bq.pt"  # the temp name before this version
+    legacy.write_bytes(b"half a checkpoint")
     theirs = [run.checkpoints / "notes.txt", run.checkpoints / ".last.pt.keep", run.dir / "x.tmp"]
     for path in theirs:
         path.write_text("not ours")
     assert main(["train", "tiny.yaml", "--resume", "-S", "train.epochs=2"]) == 0
-    assert not stale.exists()
+    assert not stale.exists() and not legacy.exists()
     assert all(p.read_text() == "not ours" for p in theirs)
     assert "removed a temporary file" in capsys.readouterr().out
 

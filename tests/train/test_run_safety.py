@@ -87,6 +87,9 @@ class Proc:
         self.popen = subprocess.Popen(
             argv, cwd=cwd, env=os.environ | ENV, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            # a shell's background job (CI run under nohup, say) ignores SIGINT, and Python keeps
+            # an ignored SIGINT ignored: give the child the default, as a terminal would
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )  # fmt: skip
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()

@@ -128,7 +128,8 @@ class ExplicitNormalization(StrictModel):
 
 
 class DataSection(StrictModel):
-    """Where the images come from and how they are prepared (the prepare stage reads only this)."""
+    """Where the images come from and how they are prepared (the prepare stage reads this, and
+    the augment section for offline augmentation)."""
 
     dataset: Literal[(*DATASETS, "image_folder")]  # type: ignore[valid-type]
     path: str | None = None

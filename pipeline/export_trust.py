@@ -23,7 +23,7 @@ from typing import Any
 
 from pipeline import atomic
 from pipeline.errors import PipelineError
-from pipeline.run import Run
+from pipeline.run import runs_root
 
 MANIFEST_FORMAT = 1
 FOLDER = ".exports"  # beside the run folders; a spec's name cannot start with a dot
@@ -35,7 +35,7 @@ class ManifestError(PipelineError):
 
 def manifest_path() -> Path:
     """``<runs>/.exports/manifest.json``, in the runs folder that the run folders are in."""
-    return Run.named(FOLDER).dir / "manifest.json"
+    return runs_root() / FOLDER / "manifest.json"
 
 
 def sha256(data: bytes) -> str:

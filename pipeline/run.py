@@ -45,6 +45,11 @@ LIBRARIES = ("torch", "torchvision", "numpy", "pydantic", "dvclive", "prefect")
 Log = Callable[[str], None]
 
 
+def runs_root() -> Path:
+    """The folder the run folders are in: ``runs``, or ``$PIPELINE_RUNS_DIR``."""
+    return Path(os.environ.get(RUNS_ENV) or "runs")
+
+
 @dataclass(frozen=True)
 class Run:
     """The outputs of one spec's run, under ``dir``."""
@@ -54,7 +59,7 @@ class Run:
     @classmethod
     def named(cls, name: str, root: str | Path | None = None) -> Run:
         """``runs/<name>`` (or ``$PIPELINE_RUNS_DIR/<name>``), relative to the working folder."""
-        return cls(Path(root or os.environ.get(RUNS_ENV) or "runs") / name)
+        return cls(Path(root or runs_root()) / name)
 
     @classmethod
     def of(cls, spec: Spec, root: str | Path | None = None) -> Run:

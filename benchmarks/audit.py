@@ -568,11 +568,11 @@ def _umount(folder: Path | None) -> None:
         subprocess.run(["umount", "-l", str(folder)])
 
 
-@case("limits")
-def disk_full(c: Case) -> Outcome:
+def _train_into_mount(c: Case, options: str) -> Outcome:
+    """Train with the runs folder on a tmpfs mounted with ``options`` (tiny, or read-only)."""
     spec = c.tiny()
     c.run("prepare", str(spec), timeout=300)
-    folder = _mounted(c, "size=48k")
+    folder = _mounted(c, options)
     if folder is None:
         return "skipped", "no tmpfs mount here"
     try:
@@ -580,20 +580,16 @@ def disk_full(c: Case) -> Outcome:
         return one_line_error(c.run("train", str(spec), timeout=300), "mnt")
     finally:
         _umount(folder)
+
+
+@case("limits")
+def disk_full(c: Case) -> Outcome:
+    return _train_into_mount(c, "size=48k")
 
 
 @case("limits")
 def read_only_runs_folder(c: Case) -> Outcome:
-    spec = c.tiny()
-    c.run("prepare", str(spec), timeout=300)
-    folder = _mounted(c, "size=1m,ro")
-    if folder is None:
-        return "skipped", "no tmpfs mount here"
-    try:
-        c.env["PIPELINE_RUNS_DIR"] = str(folder)
-        return one_line_error(c.run("train", str(spec), timeout=300), "mnt")
-    finally:
-        _umount(folder)
+    return _train_into_mount(c, "size=1m,ro")
 
 
 @case("limits")

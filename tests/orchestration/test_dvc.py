@@ -12,7 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,6 +118,20 @@ def md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
+def tiny_project(root: Path, run: Callable[..., object]) -> None:
+    """In a fresh git repository: DVC, this project's dvc.yaml and the stages' code deps (the
+    commands themselves run the installed package), params.yaml naming the spec ``tiny`` and an
+    empty specs/ for it."""
+    run(str(BIN / "dvc"), "init", "-q")
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(ROOT / name, root / name)
+    shutil.copytree(
+        ROOT / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
+    (root / "params.yaml").write_text("specs:\n  - tiny\n")
+    (root / "specs").mkdir()
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Repo]:
     _require_mirror()
@@ -146,15 +160,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Repo]:
     r.run("git", "init", "-q")
     r.run("git", "config", "user.name", "test")
     r.run("git", "config", "user.email", "test@example.com")
-    r.run(str(BIN / "dvc"), "init", "-q")
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
-        shutil.copy(ROOT / name, root / name)
-    # the stages' code deps (the commands themselves run the installed package)
-    shutil.copytree(
-        ROOT / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
-    )
-    (root / "params.yaml").write_text("specs:\n  - tiny\n")
-    (root / "specs").mkdir()
+    tiny_project(root, r.run)
     r.write_spec()
     r.commit("the project with a tiny spec")
     r.first = r.run("dvc", "repro")

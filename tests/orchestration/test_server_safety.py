@@ -7,6 +7,7 @@ every ``prefect server start`` on that home is killed at the end, whatever happe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -210,29 +211,32 @@ def test_a_corrupt_state_file_where_processes_cannot_be_listed_is_refused(
     assert servers(shared.home / "prefect") == [server["pid"]]
 
 
-def _flow_runs(url: str, name: str) -> list[Any]:
+@contextlib.contextmanager
+def _client(url: str) -> Iterator[Any]:
+    """A synchronous Prefect client of the server at ``url``."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with (
         temporary_settings(updates={PREFECT_API_URL: url}),
         get_client(sync_client=True) as client,
     ):
+        yield client
+
+
+def _flow_runs(url: str, name: str) -> list[Any]:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    with _client(url) as client:
         return client.read_flow_runs(
             flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
         )
 
 
 def _task_runs(url: str, flow_run_id: Any) -> list[Any]:
-    from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with (
-        temporary_settings(updates={PREFECT_API_URL: url}),
-        get_client(sync_client=True) as client,
-    ):
+    with _client(url) as client:
         return client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
         )

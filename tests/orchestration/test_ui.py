@@ -22,7 +22,7 @@ import pytest
 
 from pipeline.orchestrate.server import healthy
 from tests.conftest import MIRROR
-from tests.orchestration.test_dvc import BIN, ROOT, TINY, _require_mirror
+from tests.orchestration.test_dvc import BIN, TINY, _require_mirror, tiny_project
 from tests.orchestration.test_orchestrate import _env
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -63,14 +63,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         return done.stdout + done.stderr
 
     run("git", "init", "-q")
-    run(str(BIN / "dvc"), "init", "-q")
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
-        shutil.copy(ROOT / name, root / name)
-    shutil.copytree(
-        ROOT / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
-    )
-    (root / "params.yaml").write_text("specs:\n  - tiny\n")
-    (root / "specs").mkdir()
+    tiny_project(root, run)
     (root / "specs" / "tiny.yaml").write_text(
         TINY.format(test_per_class=20, flip=0.1, mode="online")
     )

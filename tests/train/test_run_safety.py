@@ -29,23 +29,9 @@ from pipeline.run import Run
 from pipeline.spec import load_spec_text
 from pipeline.train import checkpoint as ckpt
 from pipeline.train.loop import TrainingDiverged, train
+from tests.test_errors import SPEC  # the tiny MLP those one-line-error tests train
 
 ROOT = Path(__file__).resolve().parents[2]
-
-SPEC = """\
-name: tiny
-seed: 0
-data:
-  dataset: mnist
-  subset: {train_per_class: 20, test_per_class: 5}
-  validation: {fraction: 0.2}
-model:
-  layers:
-    - {type: flatten}
-    - {type: dense, units: 16, activation: relu}
-    - {type: dense, units: 10, activation: softmax}
-train: {epochs: 1, batch_size: 32}
-"""
 
 
 @pytest.fixture

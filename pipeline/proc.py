@@ -21,3 +21,39 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True  # someone else's process
     return True
+
+
+def start_ticks(pid: int) -> str:
+    """When ``pid`` started (``/proc/<pid>/stat`` field 22, clock ticks since boot); ``-``
+    where that is unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "-"
+
+
+def process_tag(pid: int | None = None) -> str:
+    """``<host>:<pid>:<start>``: a process, told apart from a later one that reuses its pid."""
+    import socket
+
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{start_ticks(pid)}"
+
+
+def tag_gone(tag: str) -> int | None:
+    """The pid of the process ``tag`` (:func:`process_tag`) names when it ran on this host and
+    no longer runs; None when it runs, or ran elsewhere (nothing here can tell)."""
+    import socket
+
+    try:
+        host, pid, start = tag.rsplit(":", 2)
+        number = int(pid)
+    except ValueError:
+        return None
+    if host.rsplit(":", 1)[-1] != socket.gethostname():
+        return None
+    if not pid_alive(number):
+        return number
+    if start != "-" and start_ticks(number) not in ("-", start):
+        return number  # the pid now belongs to another process
+    return None

@@ -2,9 +2,10 @@
 torch, so it answers in a fraction of a second.
 
 The commands live by kind: ``spec_commands`` (validate, schema, docs, checks), ``stage_commands``
-(prepare, train, evaluate, run), ``server_commands`` (server, deploy), ``tool_commands``
-(summary, export, predict, lr-find, schedule-preview, diagnose, augment-preview). Each adds its
-parsers with a ``handler``; ``main`` parses, calls it and owns the error policy.
+(prepare, train, evaluate, run), ``search_commands`` (search), ``server_commands`` (server,
+deploy), ``tool_commands`` (summary, export, predict, lr-find, schedule-preview, diagnose,
+augment-preview). Each adds its parsers with a ``handler``; ``main`` parses, calls it and owns
+the error policy.
 """
 
 from __future__ import annotations
@@ -19,10 +20,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.cli import server_commands, spec_commands, stage_commands, tool_commands
+from pipeline.cli import (
+    search_commands,
+    server_commands,
+    spec_commands,
+    stage_commands,
+    tool_commands,
+)
 from pipeline.errors import Interrupted, PipelineError, stop_of
 
-_ORDER = (spec_commands, stage_commands, server_commands, tool_commands)
+_ORDER = (spec_commands, stage_commands, search_commands, server_commands, tool_commands)
 
 
 def parser() -> argparse.ArgumentParser:

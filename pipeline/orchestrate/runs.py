@@ -12,10 +12,9 @@ import socket
 import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 from pipeline.orchestrate.server import Server
-from pipeline.proc import pid_alive
+from pipeline.proc import pid_alive, process_tag, tag_gone
 
 TAG = "pipeline-stage"
 """A stage's flow run carries the tag ``pipeline-stage:<host>:<pid>:<start>``: the host, the
@@ -25,34 +24,14 @@ process that runs it."""
 ORPHAN_STATES = ("RUNNING", "PENDING")
 
 
-def _start_ticks(pid: int) -> str:
-    """When ``pid`` started (``/proc/<pid>/stat`` field 22); ``-`` where that is unknown."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return "-"
-
-
 def stage_tag(pid: int | None = None) -> str:
-    pid = os.getpid() if pid is None else pid
-    return f"{TAG}:{socket.gethostname()}:{pid}:{_start_ticks(pid)}"
+    return f"{TAG}:{process_tag(pid)}"
 
 
 def _gone(tag: str) -> int | None:
     """The pid of the stage process ``tag`` names when it ran on this host and no longer
     runs; None when it runs, or ran elsewhere (nothing here can tell)."""
-    try:
-        _, host, pid, start = tag.rsplit(":", 3)
-        number = int(pid)
-    except ValueError:
-        return None
-    if host != socket.gethostname():
-        return None
-    if not pid_alive(number):
-        return number
-    if start != "-" and _start_ticks(number) not in ("-", start):
-        return number  # the pid now belongs to another process
-    return None
+    return tag_gone(tag.removeprefix(f"{TAG}:"))
 
 
 def crash_orphans() -> list[str]:

@@ -21,7 +21,7 @@ A search file (``searches/*.yaml``)::
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -87,7 +87,7 @@ class FloatRange(_Distribution):
     log: bool = False
 
 
-Distribution = Annotated[Union[Choice, IntRange, FloatRange], Field(discriminator="type")]
+Distribution = Annotated[Choice | IntRange | FloatRange, Field(discriminator="type")]
 
 Direction = Literal["maximize", "minimize"]
 

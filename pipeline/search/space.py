@@ -65,7 +65,9 @@ def suggest(trial: Any, search: Search) -> dict[str, Any]:
         if isinstance(dist, Choice):
             values[path] = value_of(dist, trial.suggest_categorical(path, labels(dist)))
         elif isinstance(dist, IntRange):
-            values[path] = trial.suggest_int(path, dist.low, dist.high, step=dist.step, log=dist.log)
+            values[path] = trial.suggest_int(
+                path, dist.low, dist.high, step=dist.step, log=dist.log
+            )
         else:
             values[path] = trial.suggest_float(
                 path, dist.low, dist.high, step=dist.step, log=dist.log

@@ -37,6 +37,10 @@ from pipeline.train.state import State, Stopper, better, direction, rng_state, s
 __all__ = ["TrainResult", "Trainer", "TrainingDiverged", "train"]
 
 Log = Callable[[str], None]
+OnEpoch = Callable[[dict[str, Any]], str | None]
+"""Called with each epoch's row of history once the epoch is checkpointed; a text it returns
+stops the training there, as early stopping does, and is the reason recorded (a search's
+pruner stops a trial this way)."""
 
 
 @dataclass
@@ -55,13 +59,21 @@ def _phases(spec: Spec) -> list[Phase]:
 class Trainer:
     """One training run of a spec. ``train()`` is the usual entry point."""
 
-    def __init__(self, spec: Spec, prepared: Any, *, run: Run, log: Log = print) -> None:
+    def __init__(
+        self,
+        spec: Spec,
+        prepared: Any,
+        *,
+        run: Run,
+        log: Log = print,
+        on_epoch: OnEpoch | None = None,
+    ) -> None:
         from pipeline.data.augment import build_augment
         from pipeline.data.loader import BatchLoader
         from pipeline.model.build import build_model
         from pipeline.train.offline import offline_set
 
-        self.spec, self.run_folder, self.log = spec, run, log
+        self.spec, self.run_folder, self.log, self.on_epoch = spec, run, log, on_epoch
         t = spec.train
         runtime.tune_allocator()
         self.device = runtime.pick_device(t.device)
@@ -352,6 +364,8 @@ class Trainer:
             f"epoch {epoch + 1} [{row['phase']}] lr {lr:.3g} {shown} "
             f"({row['time_s']:.1f} s, {row['train_images_per_s']:,.0f} img/s)"
         )
+        if self.on_epoch is not None and not s.stopped:
+            s.stopped = self.on_epoch(row)
         return row
 
     def _write_summary(self, **how: Any) -> None:
@@ -366,13 +380,14 @@ def train(
     out: Path | None = None,
     resume: bool = False,
     log: Log = print,
+    on_epoch: OnEpoch | None = None,
 ) -> TrainResult:
     """Train the spec's model on its prepared data; writes checkpoints and history under
     ``runs/<name>`` (or ``out``), first recording the run (:meth:`Run.start`: a fresh run
     replaces the folder's earlier one). The device is checked and the run folder locked
     (:class:`pipeline.runlock.RunLocked` while another process trains there) before any
     work. Raises TrainingDiverged with a clear message on NaN/inf, Interrupted on Ctrl-C or
-    SIGTERM."""
+    SIGTERM. ``on_epoch`` (see :data:`OnEpoch`) sees each epoch and may stop the run."""
     from pipeline.data.prepare import prepare
 
     runtime.pick_device(spec.train.device)  # a missing device fails before anything else
@@ -381,5 +396,5 @@ def train(
         with outcome.stops(lambda signum: outcome.interrupted_before(signum, run, resume=resume)):
             if prepared is None:
                 prepared = prepare(spec)  # a no-op when the data section was prepared already
-            trainer = Trainer(spec, prepared, run=run, log=log)
+            trainer = Trainer(spec, prepared, run=run, log=log, on_epoch=on_epoch)
         return trainer.run(resume=resume)

@@ -40,6 +40,12 @@ if TYPE_CHECKING:
     from pipeline.search.load import LoadedSearch
 
 Log = Callable[[str], None]
+RunTrial = Callable[[int, Callable[[], Any]], Any]
+"""How a worker runs a trial's training: ``run_trial(number, train)`` calls ``train()`` and
+returns what it returns (a Prefect flow makes each a task run this way)."""
+LaunchWorkers = Callable[[int, "int | None", "float | None"], None]
+"""How a search starts its ``n`` workers and waits for them: ``launch(n, trials, deadline)``
+(default: processes on this machine; a Prefect flow: runs of the worker deployment)."""
 
 THREADS_ENV = "PIPELINE_SEARCH_THREADS"
 """The torch threads of a worker process (the coordinator splits the cores between workers)."""
@@ -259,8 +265,10 @@ class Worker:
         deadline: float | None,
         index: int = 0,
         log: Log = print,
+        run_trial: RunTrial | None = None,
     ) -> None:
         self.loaded, self.budget, self.deadline, self.log = loaded, trials, deadline, log
+        self.run_trial = run_trial or (lambda _number, train: train())
         self.study = open_study(loaded, seed_offset=index)
         self.lock = _StartLock(start_lock_path(loaded))
         self.prepared: dict[str, Any] = {}
@@ -337,9 +345,12 @@ class Worker:
             return None
 
         n = trial.number
-        result = train(
-            spec, prepared=prepared, out=run_dir, log=lambda m: self.log(f"[trial {n}] {m}"),
-            on_epoch=on_epoch,
+        result = self.run_trial(
+            n,
+            lambda: train(
+                spec, prepared=prepared, out=run_dir, log=lambda m: self.log(f"[trial {n}] {m}"),
+                on_epoch=on_epoch,
+            ),
         )  # fmt: skip
         trial.set_user_attr("epochs", len(result.history))
         if pruned:
@@ -491,11 +502,14 @@ def run_search(
     parallel: int | None = None,
     timeout: float | None = None,
     log: Log = print,
+    run_trial: RunTrial | None = None,
+    launch_workers: LaunchWorkers | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) the search until its budget: ``trials`` in all, no new trial after
     ``timeout`` seconds, ``parallel`` at once (each default: the search file's budget). Then
     write its report (trials.csv, best.yaml, plots) and record its trials as DVC experiments.
-    Returns a summary: the study, trials by state, the files written."""
+    Returns a summary: the study, trials by state, the best, the files written.
+    ``run_trial`` and ``launch_workers`` are how a Prefect flow runs trials and workers."""
     b = loaded.search.budget
     trials = trials if trials is not None else b.trials
     if trials is None and loaded.search.sampler.type == "grid":
@@ -512,8 +526,10 @@ def run_search(
         _prepare_base(loaded, log)
         interrupted: Interrupted | None = None
         try:
-            if parallel == 1:
-                Worker(loaded, trials=trials, deadline=deadline, log=log).run()
+            if launch_workers is not None:
+                launch_workers(parallel, trials, deadline)
+            elif parallel == 1:
+                Worker(loaded, trials=trials, deadline=deadline, log=log, run_trial=run_trial).run()
             else:
                 _run_workers(loaded, parallel, trials, deadline, log)
         except Interrupted as stop:

@@ -512,8 +512,8 @@ def run_search(
     ``run_trial`` and ``launch_workers`` are how a Prefect flow runs trials and workers."""
     b = loaded.search.budget
     trials = trials if trials is not None else b.trials
-    if trials is None and loaded.search.sampler.type == "grid":
-        trials = loaded.grid_size
+    if loaded.search.sampler.type == "grid" and loaded.grid_size:  # each combination once
+        trials = min(trials or loaded.grid_size, loaded.grid_size)
     parallel = parallel or b.parallel
     timeout = timeout if timeout is not None else b.timeout
     deadline = time.time() + timeout if timeout else None
@@ -532,8 +532,8 @@ def run_search(
                 Worker(loaded, trials=trials, deadline=deadline, log=log, run_trial=run_trial).run()
             else:
                 _run_workers(loaded, parallel, trials, deadline, log)
-        except Interrupted as stop:
-            interrupted = stop
+        except KeyboardInterrupt as stop:  # Ctrl-C (a plain KeyboardInterrupt) or SIGTERM
+            interrupted = stop if isinstance(stop, Interrupted) else Interrupted(signal.SIGINT)
         files = finish(loaded, study, log)
         counts = tally(study)
         if interrupted is not None:
@@ -541,7 +541,8 @@ def run_search(
                 f"the study in {loaded.storage} keeps {_counts(counts)}; an interrupted trial is "
                 "run again when the search goes on"
             )
-            raise interrupted
+            interrupted.resumable = False  # the search goes on by running it again
+            raise interrupted from None
         return {
             "study": loaded.name,
             "storage": loaded.storage,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,12 @@ def _worker(loaded: Any, args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(int(threads))
-    Worker(loaded, trials=args.trials, deadline=args.deadline, index=args.worker).run()
+    try:
+        Worker(loaded, trials=args.trials, deadline=args.deadline, index=args.worker).run()
+    except KeyboardInterrupt as err:  # the coordinator says what the study kept
+        from pipeline.errors import Interrupted, stop_signal
+
+        raise Interrupted(stop_signal(err) or signal.SIGINT) from None
     return 0
 
 

@@ -584,9 +584,13 @@ def _prepare_base(loaded: LoadedSearch, log: Log) -> None:
 
 def finish(loaded: LoadedSearch, study: optuna.Study, log: Log) -> dict[str, str]:
     """Write the report of the study as it stands and record its trials in DVC."""
+    import warnings
+
     from pipeline.search.report import write_report
 
-    files = {k: str(v) for k, v in write_report(study, loaded).items()}
+    with warnings.catch_warnings():  # matplotlib's note on a flat axis of a plot
+        warnings.simplefilter("ignore", UserWarning)
+        files = {k: str(v) for k, v in write_report(study, loaded).items()}
     record = _record_experiments(loaded, study, log)
     if record:
         files["dvc_experiments"] = ", ".join(record)

@@ -84,9 +84,17 @@ def from_params(search: Search, params: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def depth(path: str) -> int:
+    """How deep a dotted path goes: ``optimizer`` 0, ``optimizer.lr`` 1, ``a.b[2].c`` 3."""
+    return path.count(".") + path.count("[")
+
+
 def overrides(search: Search, values: Mapping[str, Any]) -> list[str]:
-    """The ``-S`` settings of a trial: the search's fixed ones, then the drawn values."""
-    return [*search.overrides, *(override_text(p, v) for p, v in values.items())]
+    """The ``-S`` settings of a trial: the search's fixed ones, then the drawn values, a whole
+    section before the fields inside it (a drawn ``optimizer`` then its drawn ``lr``: the
+    field refines the section, whichever order the space lists them in)."""
+    drawn = sorted(values.items(), key=lambda item: depth(item[0]))
+    return [*search.overrides, *(override_text(p, v) for p, v in drawn)]
 
 
 def grid(search: Search) -> dict[str, list[Any]]:

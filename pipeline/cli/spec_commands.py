@@ -25,11 +25,15 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--strict", action="store_true", help="treat warnings as errors")
     p.set_defaults(handler=validate)
 
-    p = sub.add_parser("schema", help="write the spec's JSON Schema")
+    p = sub.add_parser("schema", help="write the spec's (or a search file's) JSON Schema")
     p.add_argument("-o", "--output", type=Path)
+    p.add_argument("--search", action="store_true", help="the search file's schema instead")
     p.set_defaults(handler=schema)
 
-    p = sub.add_parser("docs", help="regenerate spec.schema.json and docs/spec-reference.md")
+    p = sub.add_parser(
+        "docs",
+        help="regenerate spec.schema.json, search.schema.json and docs/spec-reference.md",
+    )
     p.add_argument("--root", type=Path, default=Path("."))
     p.add_argument("--check", action="store_true", help="exit 1 if they are out of date")
     p.set_defaults(handler=docs)
@@ -68,7 +72,11 @@ def validate(args: argparse.Namespace) -> int:
 
 def schema(args: argparse.Namespace) -> int:
     from pipeline import atomic
-    from pipeline.spec.reference import schema_text
+
+    if args.search:
+        from pipeline.search.load import search_schema_text as schema_text
+    else:
+        from pipeline.spec.reference import schema_text
 
     if args.output:
         atomic.write_text(args.output, schema_text())
@@ -78,14 +86,20 @@ def schema(args: argparse.Namespace) -> int:
 
 
 def docs(args: argparse.Namespace) -> int:
+    from pipeline.search.load import SCHEMA_FILE, search_schema_text
     from pipeline.spec.reference import stale_files, write_generated
 
+    search_file = args.root / SCHEMA_FILE
     if args.check:
         stale = stale_files(args.root)
+        if not search_file.is_file() or search_file.read_text() != search_schema_text():
+            stale.append(SCHEMA_FILE)
         for name in stale:
             print(f"{name} is out of date: run `pipeline docs`", file=sys.stderr)
         return 1 if stale else 0
-    print("wrote " + ", ".join(write_generated(args.root)))
+    written = write_generated(args.root)
+    search_file.write_text(search_schema_text())
+    print("wrote " + ", ".join([*written, SCHEMA_FILE]))
     return 0
 
 

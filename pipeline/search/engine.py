@@ -66,13 +66,14 @@ class TrialFailed(Exception):
 
 
 def _quiet_optuna() -> None:
-    """Optuna's own chatter off: its per-trial INFO lines (ours say more) and the notes that
-    heartbeats and metric names are experimental features."""
+    """Optuna's own chatter off: its per-trial lines, with the traceback of each failed trial
+    (ours say what failed, in a line), and the notes that heartbeats and metric names are
+    experimental features."""
     import warnings
 
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, WithJsonSchema, field_validator, model_validator
 
 from pipeline.spec.base import StrictModel
 
@@ -105,7 +105,13 @@ class Objective(StrictModel):
     def resolved_direction(self) -> Direction:
         if self.direction is not None:
             return self.direction
-        return "minimize" if "loss" in self.metric or self.metric == "params" else "maximize"
+        lower = "loss" in self.metric or self.metric in (
+            "params",
+            "ece",
+            "mc_ece",
+            "mc_mean_spread",
+        )
+        return "minimize" if lower else "maximize"
 
 
 SamplerType = Literal["grid", "random", "tpe", "gp", "cmaes", "nsga2"]
@@ -138,7 +144,19 @@ class Budget(StrictModel):
     trials: Annotated[int, Field(ge=1, le=100_000)] | None = None
     """Trials in all (finished, pruned and failed; a trial interrupted and retried counts
     once). With no ``timeout``: required, except for a grid (its size)."""
-    timeout: float | None = None
+    timeout: Annotated[
+        float | None,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "number", "exclusiveMinimum": 0},
+                    {"type": "string", "pattern": r"^\s*\d+(\.\d*)?\s*(s|m|min|h|d)?\s*$"},
+                    {"type": "null"},
+                ],
+                "description": "Wall time after which no new trial starts: seconds, or 30m, 2h.",
+            }
+        ),
+    ] = None
     """Wall time after which no new trial starts: seconds, or ``30m``, ``2h``."""
     parallel: Annotated[int, Field(ge=1, le=64)] = 1
     """Trials at once on this machine, each in its own process with its share of the cores."""

@@ -81,9 +81,14 @@ def cli(*args: str, **kw) -> subprocess.Popen:
     )
 
 
-def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    return study.get_trials(states=states)
+def polled(db: Path, name: str) -> optuna.Study | None:
+    """The study while a search process writes it; None before it exists."""
+    if not db.is_file():
+        return None
+    try:
+        return optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+    except KeyError:  # the tables are made, the study not yet
+        return None
 
 
 def test_pruning_stops_hopeless_trials_after_fewer_epochs(project):
@@ -106,9 +111,12 @@ def test_pruning_stops_hopeless_trials_after_fewer_epochs(project):
     assert len(trials) == 6 and summary["trials"].get("fail", 0) == 0
     pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert pruned, "no trial was pruned"
+    hopeless = [t for t in trials if t.params["optimizer.lr"] < 1e-6]
+    # once two trials have finished, the pruner has a median: every hopeless trial after that
+    # is pruned (a good one may be too: the median pruner stops what trails the median)
+    late = [t for t in hopeless if t.number >= 2]
+    assert late and all(t.state == optuna.trial.TrialState.PRUNED for t in late), trials
     for t in pruned:
-        assert t.params["optimizer.lr"] < 1e-6, t.params  # only hopeless ones
         assert t.user_attrs["epochs"] < 4
         assert len(t.intermediate_values) == t.user_attrs["epochs"]
         history = Path(t.user_attrs["run_dir"]) / "history.csv"
@@ -158,10 +166,10 @@ def test_a_search_killed_outright_loses_no_finished_trial_and_retries_the_killed
     db = project / "runs" / "killed" / "study.db"
     deadline = time.time() + 240
     while time.time() < deadline:  # kill it in the middle of a trial after two finished
-        if db.is_file():
-            trials = study_of(project, "killed").get_trials()
-            states = [t.state for t in trials]
-            if len(finished(study_of(project, "killed"))) >= 2 and states[-1].name == "RUNNING":
+        study = polled(db, "killed")
+        if study is not None:
+            states = [t.state.name for t in study.get_trials()]
+            if states.count("COMPLETE") >= 2 and states[-1] == "RUNNING":
                 break
         time.sleep(0.2)
     p.send_signal(signal.SIGKILL)
@@ -206,7 +214,8 @@ def test_ctrl_c_stops_the_running_trial_cleanly_and_the_next_run_retries_it(proj
     p.send_signal(signal.SIGINT)
     out, _ = p.communicate(timeout=60)
     assert p.returncode == 130, out
-    assert "interrupted by SIGINT" in out and "run again with: pipeline search" in out
+    assert "interrupted by SIGINT" in out and "run again with: " in out
+    assert f"-m pipeline search {path}" in out  # the same command goes on
     assert "Traceback" not in out
     trials = study_of(project, "stopped").get_trials()
     assert [t.state.name for t in trials] == ["FAIL"]

@@ -132,7 +132,13 @@ def search_schema_text() -> str:
 
 def load_search(path: str | Path) -> LoadedSearch:
     """Read, validate and check a search file; raise SpecError with every located problem."""
-    given = Path(path)
+    try:
+        return _load_search(Path(path))
+    except SpecError as err:
+        raise SpecError(err.problems, subject="search file") from None
+
+
+def _load_search(given: Path) -> LoadedSearch:
     if check_spec_file(given) is not None:  # never read a file that is not YAML
         raise SpecError(
             [

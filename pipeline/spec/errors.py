@@ -102,10 +102,12 @@ def _window(line: str, column: int) -> tuple[str, int]:
 class SpecError(PipelineError):
     """Every located error of a spec (or several specs), reported together."""
 
-    def __init__(self, problems: Iterable[Problem]):
+    def __init__(self, problems: Iterable[Problem], *, subject: str = "spec"):
         self.problems = sorted(
             problems, key=lambda p: (p.mark or Mark("", 0, 0), format_path(p.path))
         )
+        self.subject = subject
+        """What the problems are in: ``spec``, ``search file``."""
         super().__init__(self.format())
 
     @property
@@ -117,7 +119,7 @@ class SpecError(PipelineError):
 
     def format(self, *, source: bool = True) -> str:
         n = len(self.errors)
-        head = f"{n} error{'s' if n != 1 else ''} in spec"
+        head = f"{n} error{'s' if n != 1 else ''} in {self.subject}"
         return head + "\n" + "\n".join(p.format(source=source) for p in self.problems)
 
 

@@ -267,10 +267,11 @@ class Worker:
         index: int = 0,
         log: Log = print,
         run_trial: RunTrial | None = None,
+        study: optuna.Study | None = None,
     ) -> None:
         self.loaded, self.budget, self.deadline, self.log = loaded, trials, deadline, log
         self.run_trial = run_trial or (lambda _number, train: train())
-        self.study = open_study(loaded, seed_offset=index)
+        self.study = study or open_study(loaded, seed_offset=index)  # the coordinator's, or own
         self.lock = _StartLock(start_lock_path(loaded))
         self.prepared: dict[str, Any] = {}
         objectives = loaded.search.objectives
@@ -530,7 +531,10 @@ def run_search(
             if launch_workers is not None:
                 launch_workers(parallel, trials, deadline)
             elif parallel == 1:
-                Worker(loaded, trials=trials, deadline=deadline, log=log, run_trial=run_trial).run()
+                Worker(
+                    loaded, trials=trials, deadline=deadline, log=log, run_trial=run_trial,
+                    study=study,
+                ).run()  # fmt: skip
             else:
                 _run_workers(loaded, parallel, trials, deadline, log)
         except KeyboardInterrupt as stop:  # Ctrl-C (a plain KeyboardInterrupt) or SIGTERM

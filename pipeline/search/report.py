@@ -525,8 +525,9 @@ def _save_plot(name: str, study: optuna.Study, loaded: LoadedSearch, path: Path)
     try:
         width, height = figure.get_size_inches()
         figure.set_size_inches(max(width, 8.0), max(height, 5.0))
+        figure.tight_layout()  # one render: bbox_inches="tight" draws each figure twice
         with replacing(path) as tmp:
-            figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+            figure.savefig(tmp, format="png", dpi=100)
     finally:
         plt.close(figure)
 

@@ -43,7 +43,7 @@ name: bench
 seed: 0
 data:
   dataset: mnist
-  subset: {train_per_class: 160, test_per_class: 20}
+  subset: {train_per_class: 300, test_per_class: 20}
   validation: {fraction: 0.25}
   normalize: standardize
 model:

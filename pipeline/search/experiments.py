@@ -98,11 +98,14 @@ def record_trial(
     message: str,
 ) -> str:
     """Record the trial trained in ``trial_run`` (the base spec with ``overrides``) as the DVC
-    experiment ``exp_name`` on the current HEAD, and return its name. The workspace, the git
-    index and HEAD are left as they are. Recording the same trial again changes nothing; an
-    experiment of that name on this HEAD with other files is replaced (a search started afresh
-    under the same name). Raises :class:`DvcExperimentError` when the base spec is not one the
-    repository's DVC pipeline runs, or changed since the trial trained."""
+    experiment ``exp_name`` on the current HEAD, with ``message`` as its commit message, and
+    return its name. The workspace, the git index and HEAD are left as they are. The base spec
+    is the workspace's file, or HEAD's when the user has edited the file since the trial
+    trained (the trial's run.json says which is the spec it trained). Recording the same trial
+    again changes nothing; an experiment of that name on this HEAD with other files is replaced
+    (a search started afresh under the same name). Raises :class:`DvcExperimentError` when the
+    base spec is not one the repository's DVC pipeline runs, neither file is what the trial
+    trained, ``trial_run`` is no finished run folder or ``exp_name`` is no valid name."""
     from pipeline.spec.load import to_yaml
 
     repo = Path(os.path.realpath(repo))

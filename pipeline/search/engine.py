@@ -619,7 +619,8 @@ def _record_experiments(loaded: LoadedSearch, study: optuna.Study, log: Log) -> 
     from optuna.trial import TrialState
 
     have = experiments.recorded(repo)
-    made = []
+    made: list[str] = []
+    refused: dict[str, list[int]] = {}  # each reason once, with the trials it refused
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         name = f"{loaded.name}-{t.number:04d}"
         run_dir = Path(t.user_attrs.get("run_dir", ""))
@@ -635,9 +636,12 @@ def _record_experiments(loaded: LoadedSearch, study: optuna.Study, log: Log) -> 
                 message=f"search {loaded.name}, trial {t.number} ({t.state.name.lower()})",
             )
         except PipelineError as err:
-            log(f"{loaded.name}: trial {t.number} not recorded as a DVC experiment: {err}")
+            refused.setdefault(str(err), []).append(t.number)
             continue
         made.append(name)
+    for why, numbers in refused.items():
+        which = ", ".join(map(str, numbers))
+        log(f"{loaded.name}: trial(s) {which} not recorded as DVC experiments: {why}")
     if made:
         log(f"{loaded.name}: recorded {len(made)} DVC experiment(s): dvc exp show lists them")
     return made

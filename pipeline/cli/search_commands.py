@@ -42,6 +42,11 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--parallel", type=_positive, help="trials at once (default: the file's)")
     p.add_argument("--timeout", type=_duration, help="no new trial after this (90s, 15m, 2h)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument(
+        "--pool",
+        help="run the workers on this Prefect work pool (runs of its search-worker deployment: "
+        "`pipeline deploy`), the study on the search file's storage",
+    )
     p.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # a coordinator's worker
     p.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     p.set_defaults(handler=search)
@@ -59,14 +64,34 @@ def search(args: argparse.Namespace) -> int:
         print(loaded.describe())
         return 0
     print(loaded.describe(), flush=True)
-    from pipeline.search.engine import run_search
-
-    summary = run_search(loaded, trials=args.trials, parallel=args.parallel, timeout=args.timeout)
+    summary = _run(loaded, args)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
     print(_summary_text(loaded, summary))
     return 0
+
+
+def _run(loaded: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The search here (PIPELINE_ORCHESTRATION=off), or as the ``search`` flow run: each trial
+    a task run, with ``--pool`` each worker a run of the search-worker deployment."""
+    from pipeline.orchestrate.mode import mode
+
+    current = mode()
+    if current == "off" and not args.pool:
+        from pipeline.search.engine import run_search
+
+        return run_search(loaded, trials=args.trials, parallel=args.parallel, timeout=args.timeout)
+    from pipeline.search import flows
+
+    return flows.run(
+        args.search,
+        trials=args.trials,
+        parallel=args.parallel,
+        timeout=args.timeout,
+        pool=args.pool,
+        current_mode=current,
+    )
 
 
 def _worker(loaded: Any, args: argparse.Namespace) -> int:

@@ -255,3 +255,47 @@ def test_parallel_workers_share_one_study_and_keep_to_the_budget(project):
         spec.model.layers[4].units
         == study_of(project, "parallel").best_params["model.layers[4].units"]
     )
+
+
+def test_two_objectives_give_a_pareto_front_with_the_parameter_count(project):
+    path = write_search(
+        project,
+        "front",
+        {
+            "overrides": ["train.epochs=1"],
+            "objective": [
+                {"metric": "val_accuracy"},
+                {"metric": "params", "direction": "minimize"},
+            ],
+            "space": {"model.layers[4].units": {"type": "choice", "values": [8, 64]}},
+            "sampler": {"type": "grid"},
+        },
+    )
+    summary = run_search(load_search(path), log=lambda _m: None)
+    study = study_of(project, "front")
+    by_units = {t.params["model.layers[4].units"]: t.values for t in study.get_trials()}
+    # the dense layer after 8 channels of 11x11: (968 + 1) * units + (units + 1) * 10 more
+    assert by_units[64][1] - by_units[8][1] == (968 + 1) * 56 + 56 * 10
+    assert summary["best"] and all(len(b["values"]) == 2 for b in summary["best"])
+    folder = project / "runs" / "front"
+    assert (folder / "pareto.csv").is_file() and (folder / "plots" / "pareto_front.png").is_file()
+
+
+def test_a_journal_file_storage_holds_the_study(project):
+    path = write_search(
+        project,
+        "journal",
+        {
+            "overrides": ["train.epochs=1"],
+            "space": {"optimizer.lr": {"type": "float", "low": 1e-3, "high": 1e-2}},
+            "sampler": {"type": "random", "seed": 0},
+            "budget": {"trials": 2},
+            "storage": "journal:runs/journal/study.log",
+        },
+    )
+    run_search(load_search(path), log=lambda _m: None)
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(project / "runs/journal/study.log"))
+    )
+    study = optuna.load_study(study_name="journal", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]

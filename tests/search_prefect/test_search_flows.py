@@ -128,10 +128,12 @@ def test_two_process_workers_in_two_folders_share_one_study_through_a_pool(
     shared = tmp_path / "shared"
     shared.mkdir()
     search = {
-        "overrides": ["train.epochs=1"],
+        # trials long enough (about a second each) that the worker whose flow run starts first
+        # (seconds apart: a process each to start) cannot run them all before the other starts
+        "overrides": ["train.epochs=6"],
         "space": {"model.layers[4].units": {"type": "int", "low": 8, "high": 64}},
         "sampler": {"type": "random", "seed": 0},
-        "budget": {"trials": 6},
+        "budget": {"trials": 8},
         "storage": f"sqlite:///{shared / 'study.db'}",
     }
     a = make_project(tmp_path / "a", search)
@@ -159,6 +161,12 @@ def test_two_process_workers_in_two_folders_share_one_study_through_a_pool(
                     start_new_session=True,
                 )
             )
+        with client_of(server) as client:  # both polling before the runs exist: each takes one
+            deadline = time.monotonic() + 120
+            while len(client.read_workers_for_work_pool(POOL)) < 2:
+                assert all(w.poll() is None for w in workers), "a worker stopped"
+                assert time.monotonic() < deadline, "the workers did not start in 120 s"
+                time.sleep(0.5)
         out = search_cli(a, env, "--pool", POOL, "--parallel", "2")
 
         # a caller naming a search file outside the worker's project: refused unread
@@ -190,7 +198,7 @@ def test_two_process_workers_in_two_folders_share_one_study_through_a_pool(
             log.close()
 
     trials = optuna.load_study(study_name="tiny", storage=search["storage"]).get_trials()
-    assert [t.number for t in trials] == list(range(6)), out
+    assert [t.number for t in trials] == list(range(8)), out
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials), [
         (t.number, t.state, t.user_attrs.get("error")) for t in trials
     ]
@@ -202,12 +210,12 @@ def test_two_process_workers_in_two_folders_share_one_study_through_a_pool(
         if (folder / "runs" / "tiny" / "trials").is_dir()
     }
     assert set(ran) == {"a", "b"} and all(ran.values()), ran
-    assert ran["a"].isdisjoint(ran["b"]) and ran["a"] | ran["b"] == set(range(6)), ran
+    assert ran["a"].isdisjoint(ran["b"]) and ran["a"] | ran["b"] == set(range(8)), ran
     assert coordinator.state.is_completed(), coordinator.state
     assert sorted(r.name for r in worker_runs) == ["tiny worker 0", "tiny worker 1"]
     assert all(r.state.is_completed() for r in worker_runs), [r.state for r in worker_runs]
     assert sorted(t.name for t in tasks if t.name.startswith("trial ")) == [
-        f"trial {n}" for n in range(6)
+        f"trial {n}" for n in range(8)
     ]
     assert (a / "runs" / "tiny" / "trials.csv").is_file()  # the coordinator's report
     assert refused.state.is_failed(), refused.state

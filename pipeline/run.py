@@ -106,6 +106,11 @@ class Run:
         return self.dir / "live"
 
     @property
+    def live_metrics(self) -> Path:
+        """dvclive's metrics of the latest epoch (what the train stage declares as metrics)."""
+        return self.live / "metrics.json"
+
+    @property
     def diagnostics(self) -> Path:
         return self.dir / "diagnostics.csv"
 

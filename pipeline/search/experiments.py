@@ -51,7 +51,14 @@ LOCK_NAME = "pipeline-search-experiments.lock"
 """Under the repository's ``.dvc/tmp``: one record at a time, across processes."""
 
 _GIT_ENV_DROPPED = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_PREFIX")
-_RECORD = "run.json"  # the run record: git-tracked beside the metrics (the project's .gitignore)
+
+
+def _record_name() -> str:
+    """The run record's file name (pipeline.run owns the layout): git-tracked beside the
+    metrics, as the project's .gitignore keeps it."""
+    from pipeline.run import Run
+
+    return Run(Path(".")).record.name
 
 
 class DvcExperimentError(PipelineError):
@@ -163,7 +170,7 @@ class _Layout:
     @property
     def replaced(self) -> tuple[str, ...]:
         """Every path of HEAD's the experiment writes anew or leaves out."""
-        return (self.resolved, *self.outputs, f"{self.folder}/{_RECORD}")
+        return (self.resolved, *self.outputs, f"{self.folder}/{_record_name()}")
 
 
 @functools.lru_cache(maxsize=16)
@@ -231,7 +238,7 @@ def _trial_files(trial_run: Path, layout: _Layout) -> dict[str, Path]:
     """Each declared output the trial has (a folder: every file in it), by its place in the
     experiment."""
     files: dict[str, Path] = {}
-    for path in (*layout.outputs, f"{layout.folder}/{_RECORD}"):
+    for path in (*layout.outputs, f"{layout.folder}/{_record_name()}"):
         source = trial_run / PurePosixPath(path).relative_to(layout.folder)
         if source.is_file():
             files[path] = source
@@ -243,10 +250,12 @@ def _trial_files(trial_run: Path, layout: _Layout) -> dict[str, Path]:
 
 
 def _trial_record(trial_run: Path, exp_name: str) -> dict[str, Any]:
-    record = trial_run / _RECORD
-    live = trial_run / "live" / "metrics.json"
+    from pipeline.run import Run
+
+    run = Run(trial_run)
+    record, live = run.record, run.live_metrics
     if not record.is_file() or not live.is_file():
-        missing = "run.json" if not record.is_file() else "live/metrics.json"
+        missing = (record if not record.is_file() else live).relative_to(trial_run)
         raise DvcExperimentError(
             f"{exp_name}: {trial_run} is not a finished trial's run folder (no {missing})"
         )

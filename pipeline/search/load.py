@@ -117,10 +117,9 @@ class LoadedSearch:
 
 def search_schema() -> dict[str, Any]:
     """The search file's JSON Schema (draft 2020-12), as editors read it."""
-    schema = Search.model_json_schema(by_alias=True)
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "pipeline search file"
-    return schema
+    from pipeline.spec.reference import json_schema
+
+    return json_schema(Search, "pipeline search file")
 
 
 def search_schema_text() -> str:

@@ -11,13 +11,15 @@ SCHEMA_FILE = "spec.schema.json"
 REFERENCE_FILE = "docs/spec-reference.md"
 
 
-def json_schema() -> dict[str, Any]:
-    """The spec's JSON Schema (draft 2020-12), as editors and ``yaml-language-server`` read it."""
-    from pipeline.spec.spec import Spec
+def json_schema(model: Any = None, title: str = "pipeline experiment spec") -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of ``model`` (default: the spec), as editors and
+    ``yaml-language-server`` read it."""
+    if model is None:
+        from pipeline.spec.spec import Spec as model
 
-    schema = Spec.model_json_schema(by_alias=True)
+    schema = model.model_json_schema(by_alias=True)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "pipeline experiment spec"
+    schema["title"] = title
     return schema
 
 

@@ -132,10 +132,10 @@ def tiny_project(root: Path, run: Callable[..., object]) -> None:
     (root / "specs").mkdir()
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Repo]:
+def new_repo(tmp: Path) -> Repo:
+    """A committed git + DVC repository under ``tmp`` with the project's dvc.yaml and the tiny
+    spec, its commands run plainly (no Prefect) on the dataset mirror, every cache in ``tmp``."""
     _require_mirror()
-    tmp = tmp_path_factory.mktemp("dvc")
     root = tmp / "repo"
     root.mkdir()
     env = {
@@ -163,6 +163,12 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Repo]:
     tiny_project(root, r.run)
     r.write_spec()
     r.commit("the project with a tiny spec")
+    return r
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Repo]:
+    r = new_repo(tmp_path_factory.mktemp("dvc"))
     r.first = r.run("dvc", "repro")
     r.commit("dvc repro")
     yield r

@@ -99,6 +99,11 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.float16
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """What a run records for its autocast dtype: bf16, fp16 or fp32."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")  # type: ignore[arg-type]
+
+
 def describe_device(device: torch.device) -> dict[str, Any]:
     """The device a run uses, for its record: the GPU's name, or the CPU model and threads."""
     if device.type == "cuda":

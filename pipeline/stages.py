@@ -48,14 +48,26 @@ def _prepared_for(spec: Spec, data: str | Path | None) -> Prepared | None:
 
 
 def train(
-    spec: Spec, *, resume: bool = False, data: str | Path | None = None, log: Log = print
+    spec: Spec,
+    *,
+    resume: bool = False,
+    data: str | Path | None = None,
+    out: str | Path | None = None,
+    log: Log = print,
 ) -> dict[str, Any]:
     """Train on the prepared folder ``data`` (or the spec's own prepared data); writes
-    ``runs/<name>/``. Returns the summary: epochs, best_epoch, stopped, last (the last epoch's
-    row of history) and run_dir."""
+    ``runs/<name>/`` (or ``out``). Returns the summary: epochs, best_epoch, stopped, last (the
+    last epoch's row of history) and run_dir. ``train.nproc`` > 1 runs it in that many
+    processes (:mod:`pipeline.train.distributed`)."""
     from pipeline.train.loop import train as train_model
 
-    result = train_model(spec, prepared=_prepared_for(spec, data), resume=resume, log=log)
+    result = train_model(
+        spec,
+        prepared=_prepared_for(spec, data),
+        out=Path(out) if out else None,
+        resume=resume,
+        log=log,
+    )
     return {
         "epochs": len(result.history),
         "best_epoch": result.best_epoch,

@@ -82,6 +82,17 @@ def _stopped(stop: Interrupted, argv: Sequence[str]) -> int:
     return stop.exit_code
 
 
+def _rank_error(message: str) -> None:
+    """In a rank of a distributed run started by ``pipeline train``, leave the message for
+    the launcher to report (pipeline.train.distributed)."""
+    import os
+
+    folder = os.environ.get("PIPELINE_RANK_ERRORS")
+    if folder:
+        with contextlib.suppress(OSError):
+            Path(folder, f"rank{os.environ.get('RANK', '0')}.txt").write_text(message)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
@@ -90,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             return args.handler(args)
     except PipelineError as err:  # a user's mistake: its message, no traceback
         print(err.report(), file=sys.stderr)
+        _rank_error(err.report())
         return 1
     except OSError as err:
         if err.filename is None:

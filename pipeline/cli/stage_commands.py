@@ -7,6 +7,7 @@ function here or as its Prefect flow run (``PIPELINE_ORCHESTRATION=auto|server|e
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,14 @@ def add_commands(sub: Any) -> None:
         "there is none)",
     )
     p.add_argument("--data", type=Path, metavar="DIR", help=_DATA_HELP)
+    p.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train in N processes (DistributedDataParallel; the same as -S train.nproc=N, "
+        "recorded as that override)",
+    )
+    p.add_argument("--out", type=Path, help=argparse.SUPPRESS)  # a distributed run's ranks
     p.set_defaults(handler=train)
 
     p = sub.add_parser("run", help="prepare, train and evaluate as one Prefect flow run")
@@ -90,9 +99,14 @@ def prepare(args: argparse.Namespace) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
+    if args.nproc is not None:
+        args.overrides.append(f"train.nproc={args.nproc}")
     spec = load(args)
     _device_here(spec)
-    trained = _run(stages.train, spec, args, resume=args.resume, data=args.data)
+    options = {"out": args.out} if args.out else {}
+    trained = _run(stages.train, spec, args, resume=args.resume, data=args.data, **options)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # a distributed run's other ranks: rank 0 speaks for it
     print(
         f"trained {trained['epochs']} epochs; best epoch {trained['best_epoch']}; "
         f"outputs in {trained['run_dir']}"

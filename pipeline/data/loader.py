@@ -30,10 +30,11 @@ _ORDER_STREAM, _TRANSFORM_STREAM = 0, 1
 _CHUNK_BYTES = 64 << 20  # streaming reads this much contiguous data at a time
 
 
-def epoch_seed(seed: int, epoch: int, stream: int) -> int:
-    """A well-mixed 63-bit seed for (seed, epoch, purpose): epoch e's order depends on nothing
-    else, so a resumed run replays it exactly."""
-    seq = np.random.SeedSequence([seed % 2**64, epoch, stream])
+def epoch_seed(seed: int, epoch: int, stream: int, rank: int | None = None) -> int:
+    """A well-mixed 63-bit seed for (seed, epoch, purpose[, rank of a distributed run]): epoch
+    e's order depends on nothing else, so a resumed run replays it exactly."""
+    key = [seed % 2**64, epoch, stream] + ([] if rank is None else [rank])
+    seq = np.random.SeedSequence(key)
     return int(seq.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
@@ -66,6 +67,15 @@ class BatchLoader:
     all; None: stream a memmap larger than half of the free RAM. An epoch without a batch (no
     samples, or fewer than ``batch_size`` with ``drop_last``) is a ConfigurationError naming
     ``name`` (the split) and the sizes.
+
+    In a distributed run of W processes, rank r passes ``shard=(r, W)`` for training: every
+    rank draws the same global order, and each global batch of ``batch_size`` is split between
+    the ranks (rank r takes its every W-th sample), so the ranks together train on exactly the
+    batches one process would. Images are gathered batch by batch from the prepared memmap,
+    never copied whole into a rank's memory (on CUDA they are kept on the rank's GPU when they
+    fit, as for one process). A last batch with fewer samples than ranks is left out (at most
+    W - 1 samples an epoch). For evaluation, ``part=(r, W)`` gives rank r its contiguous part
+    of the split (a view of the memmap: only that part is read); their metrics add up.
     """
 
     def __init__(
@@ -86,12 +96,20 @@ class BatchLoader:
         chunk_samples: int | None = None,
         memory_format: torch.memory_format | None = None,
         name: str = "the data",
+        shard: tuple[int, int] | None = None,
+        part: tuple[int, int] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if len(x) != len(y):
             raise ValueError(f"{len(x)} images but {len(y)} labels")
         batches_per_epoch(len(y), batch_size, drop_last, name)
+        if part is not None and part[1] > 1:  # this rank's contiguous part; views, not copies
+            lo, hi = len(y) * part[0] // part[1], len(y) * (part[0] + 1) // part[1]
+            x, y = x[lo:hi], y[lo:hi]
+        self.rank, self.world = shard if shard is not None else (0, 1)
+        if batch_size % self.world:
+            raise ValueError(f"batch_size {batch_size} does not divide by {self.world} ranks")
         if str(x.dtype) not in ("uint8", "torch.uint8"):
             # The /255 and normalization run in place on each batch's float copy.
             raise ValueError(f"images must be uint8 (as prepare writes them), not {x.dtype}")
@@ -106,8 +124,15 @@ class BatchLoader:
         self.y = (torch.from_numpy(np.array(y)) if isinstance(y, np.ndarray) else y).long()
         if stream is None:
             stream = isinstance(x, np.memmap) and x.nbytes > _available_ram() // 2
-        self.stream = stream
-        if stream:
+        self.stream = stream and self.world == 1
+        self._rows: np.ndarray | None = None  # a rank's source of gathered batches
+        if self.world > 1 and isinstance(x, np.ndarray):
+            on_gpu = self.device.type == "cuda" and resident is not False
+            if on_gpu and (resident is True or x.nbytes < self._free_gpu() // 2):
+                self.x = torch.from_numpy(np.array(x)).to(self.device)
+            else:
+                self._rows, self.x = x, None
+        elif self.stream:
             self._source = x
             per_sample = max(1, int(np.prod(x.shape[1:])) * x.dtype.itemsize)
             self.chunk_samples = max(batch_size, chunk_samples or _CHUNK_BYTES // per_sample)
@@ -136,7 +161,16 @@ class BatchLoader:
         return cls(x, y, batch_size, **kwargs)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
-        return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
+        if self.drop_last:
+            return self.n // self.batch_size
+        count = math.ceil(self.n / self.batch_size)
+        if 0 < self.n % self.batch_size < self.world:  # too few for every rank: left out
+            count -= 1
+        return count
+
+    def global_batch(self, step: int) -> int:
+        """Samples in global batch ``step`` (all ranks' shares together)."""
+        return min(self.batch_size, self.n - step * self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         """The next iteration is epoch ``epoch`` (each iteration then advances by one)."""
@@ -146,9 +180,10 @@ class BatchLoader:
         epoch, self.epoch = self.epoch, self.epoch + 1
         order_gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, _ORDER_STREAM))
         tgen = None
-        if self.transform is not None:
+        if self.transform is not None:  # each rank draws its own augmentations
             tgen = torch.Generator(self.device)
-            tgen.manual_seed(epoch_seed(self.seed, epoch, _TRANSFORM_STREAM))
+            rank = self.rank if self.world > 1 else None
+            tgen.manual_seed(epoch_seed(self.seed, epoch, _TRANSFORM_STREAM, rank))
         raw = self._chunked(order_gen) if self.stream else self._indexed(order_gen)
         for xb, yb in raw:
             yield self._finish(xb, yb, tgen)
@@ -156,6 +191,9 @@ class BatchLoader:
     # ---- where uint8 batches come from ----------------------------------------------------
 
     def _indexed(self, gen: torch.Generator) -> Iterator[Batch]:
+        if self.world > 1:
+            yield from self._sharded(gen)
+            return
         assert self.x is not None
         order = torch.randperm(self.n, generator=gen).to(self.x.device) if self.shuffle else None
         bs = self.batch_size
@@ -165,6 +203,19 @@ class BatchLoader:
             else:
                 idx = order[k * bs : (k + 1) * bs]
                 yield self.x.index_select(0, idx), self.y.index_select(0, idx)
+
+    def _sharded(self, gen: torch.Generator) -> Iterator[Batch]:
+        """This rank's share of each global batch (its every W-th sample), gathered."""
+        order = torch.randperm(self.n, generator=gen) if self.shuffle else torch.arange(self.n)
+        bs = self.batch_size
+        for k in range(len(self)):
+            idx = order[k * bs : (k + 1) * bs][self.rank :: self.world]
+            if self._rows is not None:  # only these rows are read from the memmap
+                yield torch.from_numpy(self._rows[idx.numpy()]), self.y.index_select(0, idx)
+            else:
+                assert self.x is not None
+                on = idx.to(self.x.device)
+                yield self.x.index_select(0, on), self.y.index_select(0, on)
 
     def _chunked(self, gen: torch.Generator) -> Iterator[Batch]:
         """Contiguous chunks of the memmap, in shuffled order, each shuffled inside; batches
@@ -230,8 +281,11 @@ class BatchLoader:
         if resident != "auto":
             return bool(resident)
         assert self.x is not None
+        return self.x.nbytes < self._free_gpu() // 2
+
+    def _free_gpu(self) -> int:
         free, _total = torch.cuda.mem_get_info(self.device)
-        return self.x.nbytes < free // 2
+        return free
 
     def _normalization(
         self, mean: Sequence[float] | None, std: Sequence[float] | None, channels: int

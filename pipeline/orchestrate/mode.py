@@ -18,10 +18,13 @@ class OrchestrationError(PipelineError):
 
 
 def mode() -> str:
-    """The mode ``PIPELINE_ORCHESTRATION`` names (default ``auto``)."""
+    """The mode ``PIPELINE_ORCHESTRATION`` names (default ``auto``); ``off`` in a rank of a
+    torchrun group (``WORLD_SIZE`` > 1): the ranks are one run, not a flow run each."""
     value = os.environ.get(MODE_ENV, "").strip().lower() or "auto"
     if value not in MODES:
         raise OrchestrationError(f"{MODE_ENV}={value!r} is not one of {', '.join(MODES)}")
+    if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1"):
+        return "off"
     return value
 
 

@@ -195,6 +195,21 @@ def _batches(spec: Spec) -> Iterator[Problem]:
         )
 
 
+@check("batch-per-process")
+def _batch_per_process(spec: Spec) -> Iterator[Problem]:
+    """train.batch_size is the global batch of a distributed run: each of the train.nproc
+    processes takes an equal share, so it must divide by nproc."""
+    size, nproc = spec.train.batch_size, spec.train.nproc
+    if nproc > 1 and size % nproc:
+        low = max(nproc, size // nproc * nproc)
+        yield Problem(
+            f"batch_size {size} does not divide by train.nproc {nproc}: it is the global batch, "
+            "each process takes an equal share of it",
+            ("train", "batch_size"),
+            hint=f"use a multiple of {nproc}, e.g. {low} or {low + nproc}",
+        )
+
+
 # ---- freezing and checkpoints --------------------------------------------------------------
 
 

@@ -277,6 +277,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] = (), *, check: bool = 
     raw = resolve_raw(yamlio.load_file(file), file, overrides, roots=roots)
     spec = validate_raw(raw, base_dir=file.resolve().parent, check=check, roots=roots)
     spec._overrides = tuple(overrides)
+    spec._source = file.resolve()
     return spec
 
 

@@ -121,6 +121,7 @@ class Spec(StrictModel):
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _warnings: list[Problem] = PrivateAttr(default_factory=list)
     _overrides: tuple[str, ...] = PrivateAttr(default=())
+    _source: Path | None = PrivateAttr(default=None)
 
     @property
     def warnings(self) -> list[Problem]:
@@ -131,6 +132,12 @@ class Spec(StrictModel):
     def overrides(self) -> tuple[str, ...]:
         """The ``-S`` overrides the spec was loaded with, as given (a run records them)."""
         return self._overrides
+
+    @property
+    def source(self) -> Path | None:
+        """The file the spec was loaded from (None for a spec from text): what the processes
+        of a distributed run load again."""
+        return self._source
 
     def resolved(self) -> dict[str, Any]:
         """The spec actually used, as JSON data: every default filled in, blocks expanded, no

@@ -112,6 +112,15 @@ class TrainSection(StrictModel):
     """auto (cuda when present, else cpu), cpu, cuda, or cuda:N."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """Mixed precision on CUDA (auto: bf16 where supported); CPU always trains in fp32."""
+    nproc: Annotated[int, Field(ge=1, le=1024)] = 1
+    """Processes of one run (PyTorch's DistributedDataParallel: gloo on CPU, NCCL on CUDA,
+    one process per GPU); ``pipeline train`` starts them with torchrun's launcher. Under
+    ``torchrun`` the launcher's world size is used instead. ``batch_size`` stays the global
+    batch: each process takes ``batch_size / nproc`` of it (it must divide), so a run of the
+    same global batch counts the same steps whatever the number of processes."""
+    sync_batch_norm: bool = False
+    """With several processes, batch norm over the whole global batch (SyncBatchNorm; CUDA
+    only). Off, each process normalizes by its own share."""
     channels_last: Literal["auto"] | bool = "auto"
     """Memory format for conv nets (auto: on, it is faster on CPU and CUDA)."""
     compile: bool = False

@@ -10,6 +10,7 @@ offline-augmented set), :mod:`.params` (freezing, parameter groups, penalties),
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,13 +21,15 @@ import torch
 from torch import nn
 
 from pipeline import atomic, runtime
-from pipeline.errors import Interrupted
+from pipeline.data.loader import epoch_seed
+from pipeline.errors import ConfigurationError, Interrupted
 from pipeline.run import Run
 from pipeline.spec.spec import Spec
 from pipeline.spec.train import Phase
 from pipeline.train import checkpoint as ckpt
-from pipeline.train import diagnostics, outcome
+from pipeline.train import diagnostics, distributed, outcome
 from pipeline.train import params as P
+from pipeline.train.distributed import World
 from pipeline.train.live import RUN_COLUMNS, log_live, open_live, progress
 from pipeline.train.metrics import RunningMetrics, spec_loss
 from pipeline.train.optim import build_optimizer, clip_gradients
@@ -52,6 +55,10 @@ class TrainResult:
     run_dir: Path
 
 
+def _quiet(_message: str) -> None:
+    """The other ranks' log: rank 0 speaks for the group."""
+
+
 def _phases(spec: Spec) -> list[Phase]:
     return list(spec.train.phases) or [Phase(name="train", epochs=spec.train.epochs)]
 
@@ -67,41 +74,62 @@ class Trainer:
         run: Run,
         log: Log = print,
         on_epoch: OnEpoch | None = None,
+        world: World | None = None,
+        device: torch.device | None = None,
     ) -> None:
         from pipeline.data.augment import build_augment
         from pipeline.data.loader import BatchLoader
         from pipeline.model.build import build_model
         from pipeline.train.offline import offline_set
 
-        self.spec, self.run_folder, self.log, self.on_epoch = spec, run, log, on_epoch
+        self.spec, self.run_folder, self.on_epoch = spec, run, on_epoch
+        self.world = world or World()
+        self.main = self.world.main
+        self.log = log if self.main else _quiet  # rank 0 speaks for the group
         t = spec.train
         runtime.tune_allocator()
-        self.device = runtime.pick_device(t.device)
+        self.device = device or runtime.pick_device(t.device)
         runtime.seed_everything(spec.seed, deterministic=t.deterministic)
         self.model = build_model(spec, device=self.device)
+        if t.sync_batch_norm and self.world.distributed:
+            if self.device.type != "cuda":
+                raise ConfigurationError(
+                    "train.sync_batch_norm needs CUDA: PyTorch's SyncBatchNorm runs on GPUs "
+                    "only. On CPU each process normalizes by its own share of the batch: set "
+                    "sync_batch_norm: false"
+                )
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         P.set_trainable(P.select(self.model, t.freeze), False)
         # what each phase starts from: the layers' own trainable flags and train.freeze
         self.base_trainable = {id(p): p.requires_grad for p in self.model.parameters()}
         self.memory_format = runtime.memory_format(self.model, t.channels_last)
         if self.memory_format is not None:
             self.model = self.model.to(memory_format=self.memory_format)
-        self.forward = torch.compile(self.model) if t.compile else self.model
+        self.eval_forward = torch.compile(self.model) if t.compile else self.model
+        self.forward = self.eval_forward  # training's: wrapped in DDP per phase in a group
         self.amp = runtime.autocast_dtype(t.precision, self.device)
+        self.precision = runtime.precision_name(self.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
         self.loss = spec_loss(spec)
         self.constraints = P.constraints(self.model, spec)
         common = {"device": self.device, "memory_format": self.memory_format}
+        shard = (self.world.rank, self.world.size) if self.world.distributed else None
+        if shard is not None:
+            distributed.check_batch(t.batch_size, self.world)
         if spec.augment.mode == "offline" and spec.augment.transforms:
-            x, y = offline_set(spec, prepared, log)
+            x, y = offline_set(spec, prepared, self.log)
             self.train_loader = BatchLoader(
                 x, y, t.batch_size, shuffle=True, seed=spec.seed, drop_last=t.drop_last,
-                mean=prepared.mean, std=prepared.std, **common)  # fmt: skip
+                mean=prepared.mean, std=prepared.std, shard=shard, **common)  # fmt: skip
         else:
             self.train_loader = BatchLoader.from_prepared(
                 prepared, "train", t.batch_size, shuffle=True, seed=spec.seed,
-                drop_last=t.drop_last, transform=build_augment(spec.augment), **common)  # fmt: skip
+                drop_last=t.drop_last, transform=build_augment(spec.augment), shard=shard,
+                **common)  # fmt: skip
         self.val_loader = (
-            BatchLoader.from_prepared(prepared, "val", spec.evaluate.batch_size, **common)
+            BatchLoader.from_prepared(
+                prepared, "val", spec.evaluate.batch_size, part=shard, **common
+            )
             if "val" in prepared.splits
             else None
         )
@@ -130,6 +158,11 @@ class Trainer:
         if phase.lr is not None:
             opt_spec = opt_spec.model_copy(update={"lr": phase.lr})
         self.opt_spec = opt_spec
+        if self.world.distributed:  # DDP hooks the parameters that train in this phase
+            ddp = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None
+            )
+            self.forward = torch.compile(ddp) if self.spec.train.compile else ddp
         optimizer = build_optimizer(opt_spec, P.param_groups(self.model, opt_spec))
         schedule = LRSchedule(
             phase.schedule or self.spec.schedule,
@@ -146,11 +179,14 @@ class Trainer:
     ) -> dict[str, float]:
         self.model.train()
         self.train_loader.set_epoch(epoch)
+        if self.world.distributed:  # dropout and friends: their own stream per rank and epoch
+            torch.manual_seed(epoch_seed(self.spec.seed, epoch, 100 + self.world.rank))
         metrics = RunningMetrics(self.spec.train.top_k, self.device)
         reg_total = torch.zeros((), device=self.device)
         params = [p for g in optimizer.param_groups for p in g["params"]]
         check_every = 1 if self.device.type == "cpu" else 25
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        world, loader = self.world, self.train_loader
         autocast = (
             torch.autocast(self.device.type, dtype=self.amp)
             if self.amp
@@ -161,6 +197,10 @@ class Trainer:
                 logits = self.forward(x)
                 loss = self.loss(logits, y)
             total = loss
+            if world.distributed:  # DDP averages over ranks: weigh a short last batch's shares
+                share = len(y) * world.size / loader.global_batch(step)
+                if share != 1.0:
+                    total = loss * share
             reg = P.penalty(self.constraints)
             if reg is not None:
                 total = loss + reg
@@ -176,14 +216,14 @@ class Trainer:
             schedule.after_step()
             metrics.update(logits.float(), y, loss.float())
             bad |= ~torch.isfinite(loss.detach())
-            if step % check_every == 0 and bad.item():
+            if step % check_every == 0 and world.any(bad):
                 raise TrainingDiverged(
                     f"the loss became NaN/inf at epoch {epoch + 1}, step {step + 1}"
                     + ("" if check_every == 1 else f" (checked every {check_every} steps)")
                 )
-        if bad.item():
+        if world.any(bad):
             raise TrainingDiverged(f"the loss became NaN/inf during epoch {epoch + 1}")
-        out = metrics.compute()
+        out = metrics.compute(world)
         if self.constraints:
             out["reg_loss"] = reg_total.item() / max(len(self.train_loader), 1)
         return out
@@ -199,13 +239,17 @@ class Trainer:
         )
         for x, y in loader:
             with autocast:
-                logits = self.forward(x)
+                logits = self.eval_forward(x)  # never DDP's: the ranks' parts differ in length
             metrics.update(logits.float(), y, self.loss(logits.float(), y))
-        return metrics.compute()
+        return metrics.compute(self.world)
 
     # ---- checkpoints --------------------------------------------------------------------
 
     def _save(self, name: str, optimizer: Any, schedule: Any, phase_index: int) -> None:
+        if name == "last":
+            self.state.saved = self.state.epoch
+        if not self.main:
+            return
         ckpt.save(self.run_folder.checkpoint(name), self.spec, {
             "model": self.model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -217,8 +261,6 @@ class Trainer:
             "loader_epoch": self.train_loader.epoch,
             "run_id": self.run_id,
         })  # fmt: skip
-        if name == "last":
-            self.state.saved = self.state.epoch
 
     def _restore(self, state: dict[str, Any]) -> None:
         """Take up a stopped run from its last checkpoint: all but optimizer and schedule,
@@ -233,7 +275,7 @@ class Trainer:
         set_rng_state(state["rng"])
 
     def _write_history(self) -> None:
-        if self.state.history:
+        if self.state.history and self.main:
             self.run_folder.write_csv(self.run_folder.history, self.state.history)
 
     # ---- the run ------------------------------------------------------------------------
@@ -241,7 +283,8 @@ class Trainer:
     def run(self, *, resume: bool = False) -> TrainResult:
         """Train (``resume``: from the run's ``last.pt``, when there is one), holding the run
         folder's lock. Ctrl-C or SIGTERM raise :class:`Interrupted` saying what was kept."""
-        with self.run_folder.lock(), outcome.stops(self._stopped):
+        lock = self.run_folder.lock() if self.main else contextlib.nullcontext()
+        with lock, outcome.stops(self._stopped):
             return self._run(resume)
 
     def _stopped(self, signum: int) -> Interrupted:
@@ -249,7 +292,7 @@ class Trainer:
 
     def _run(self, resume: bool) -> TrainResult:
         run, spec = self.run_folder, self.spec
-        for path in run.remove_temps():
+        for path in run.remove_temps() if self.main else ():
             self.log(f"{spec.name}: removed a temporary file of a write that was killed: {path}")
         resume_state, last = None, run.checkpoint("last")
         if resume and not last.is_file():
@@ -258,18 +301,20 @@ class Trainer:
             resume_state = ckpt.load(last, spec, map_location=self.device, resume=True)
             self._restore(resume_state)
             self.log(f"resuming {spec.name} after epoch {self.state.epoch}")
-        record = run.start(
-            spec,
-            resume=resume_state is not None,
-            device=runtime.describe_device(self.device),
-            run_id=resume_state.get("run_id") if resume_state is not None else None,
-            log=self.log,
-        )
-        self.run_id = record["id"]
-        if resume_state is not None:  # rows of an epoch that was not checkpointed go
-            diagnostics.trim(run, self.state.epoch)
-        with atomic.writing(run.live):
-            self.live = open_live(run.live, self.state.history)
+        self.world.barrier()  # every rank has read the checkpoint before rank 0 starts the run
+        if self.main:
+            record = run.start(
+                spec,
+                resume=resume_state is not None,
+                device=self._describe_device(),
+                run_id=resume_state.get("run_id") if resume_state is not None else None,
+                log=self.log,
+            )
+            self.run_id = record["id"]
+            if resume_state is not None:  # rows of an epoch that was not checkpointed go
+                diagnostics.trim(run, self.state.epoch)
+            with atomic.writing(run.live):
+                self.live = open_live(run.live, self.state.history)
         phases = _phases(spec)
         start_phase = resume_state["phase"] if resume_state is not None else 0
         phase_start = sum(p.epochs for p in phases[:start_phase])
@@ -286,12 +331,14 @@ class Trainer:
                 if self.state.stopped:
                     break
             phase_start += phase.epochs
-        with atomic.writing(run.live):
-            self.live.end()  # each epoch's files are already written (next_step); end() closes
+        if self.main:
+            with atomic.writing(run.live):
+                self.live.end()  # each epoch's files are already written; end() closes
         if self.state.stopped:
             self.log(self.state.stopped)
-        weights = self._restore_best()
+        weights = self._restore_best() if self.main else None
         self._write_summary(weights=weights)
+        self.world.barrier()  # rank 0's files are written before any rank returns
         return TrainResult(
             self.model, self.state.history, self.state.best_epoch, self.state.stopped, run.dir
         )
@@ -340,7 +387,7 @@ class Trainer:
         row["time_s"] = round(time.perf_counter() - began, 3)
         row["train_images_per_s"] = round(self.train_loader.n / train_s, 1)
         schedule.after_epoch(row)
-        if self.spec.train.diagnostics:  # before the checkpoint: its batch draws dropout masks
+        if self.spec.train.diagnostics and self.main:  # before the checkpoint: draws dropout
             diagnostics.record(self.run_folder, epoch, self.model, self.loss, self.train_loader)
         s = self.state
         s.epoch = epoch + 1
@@ -353,8 +400,9 @@ class Trainer:
                 self._save("best", optimizer, schedule, index)
         self._save("last", optimizer, schedule, index)  # always: --resume needs it
         self._write_history()
-        with atomic.writing(self.run_folder.live):
-            log_live(self.live, row)
+        if self.main:
+            with atomic.writing(self.run_folder.live):
+                log_live(self.live, row)
         shown = ", ".join(
             f"{k} {v:.4f}"
             for k, v in row.items()
@@ -365,11 +413,23 @@ class Trainer:
             f"({row['time_s']:.1f} s, {row['train_images_per_s']:,.0f} img/s)"
         )
         if self.on_epoch is not None and not s.stopped:
-            s.stopped = self.on_epoch(row)
+            s.stopped = self.world.from_main(self.on_epoch(row) if self.main else None)
         return row
 
+    def _describe_device(self) -> dict[str, Any]:
+        """What run.json records the run ran on: the device, the precision and the group."""
+        out = {**runtime.describe_device(self.device), "precision": self.precision}
+        if self.world.distributed:
+            out["world_size"] = self.world.size
+            out["backend"] = distributed.backend()
+        return out
+
     def _write_summary(self, **how: Any) -> None:
+        if not self.main:
+            return
         s = outcome.summary(self.run_id, self.state, self.monitor, **how)
+        s["precision"] = self.precision
+        s["world_size"] = self.world.size
         self.run_folder.write_json(self.run_folder.summary, s)
 
 
@@ -387,14 +447,69 @@ def train(
     replaces the folder's earlier one). The device is checked and the run folder locked
     (:class:`pipeline.runlock.RunLocked` while another process trains there) before any
     work. Raises TrainingDiverged with a clear message on NaN/inf, Interrupted on Ctrl-C or
-    SIGTERM. ``on_epoch`` (see :data:`OnEpoch`) sees each epoch and may stop the run."""
+    SIGTERM. ``on_epoch`` (see :data:`OnEpoch`) sees each epoch and may stop the run.
+
+    With ``train.nproc`` > 1 in a plain process, the run is that many processes
+    (:func:`pipeline.train.distributed.launch`, which needs the spec's file); under torchrun,
+    this process is one rank of the launcher's group (:mod:`pipeline.train.distributed`)."""
     from pipeline.data.prepare import prepare
 
-    runtime.pick_device(spec.train.device)  # a missing device fails before anything else
+    device = runtime.pick_device(spec.train.device)  # a missing device fails first
+    world = World.from_env()
     run = Run(out) if out else Run.of(spec)
-    with run.lock():
-        with outcome.stops(lambda signum: outcome.interrupted_before(signum, run, resume=resume)):
-            if prepared is None:
-                prepared = prepare(spec)  # a no-op when the data section was prepared already
-            trainer = Trainer(spec, prepared, run=run, log=log, on_epoch=on_epoch)
-        return trainer.run(resume=resume)
+    if not world.distributed and spec.train.nproc > 1:
+        if on_epoch is not None:
+            raise ConfigurationError(
+                "train.nproc > 1 cannot report each epoch to a caller in this process (a "
+                "search trial): set train.nproc: 1"
+            )
+        return _launch(spec, prepared=prepared, out=out, run=run, resume=resume)
+    with distributed.joined(world, device) as device, distributed.peers_watched(world):
+        lock = run.lock() if world.main else contextlib.nullcontext()
+        with lock:
+            stopped = lambda signum: outcome.interrupted_before(signum, run, resume=resume)  # noqa: E731
+            with outcome.stops(stopped):
+                if prepared is None:
+                    with world.local_first():  # a machine prepares once; its others find it
+                        prepared = prepare(spec)  # a no-op when the data is prepared already
+                trainer = Trainer(
+                    spec, prepared, run=run, log=log, on_epoch=on_epoch, world=world,
+                    device=device,
+                )  # fmt: skip
+            return trainer.run(resume=resume)
+
+
+def _launch(spec: Spec, *, prepared: Any, out: Path | None, run: Run, resume: bool) -> TrainResult:
+    """``train.nproc`` processes of this spec's run; the result read back from the run folder
+    rank 0 wrote."""
+    if spec.source is None:
+        raise ConfigurationError(
+            f"train.nproc {spec.train.nproc} starts processes that load the spec from its file, "
+            "and this spec was not loaded from one: save it to a file, or train with nproc 1"
+        )
+    nproc = spec.train.nproc
+    data = str(prepared.root) if prepared is not None else None
+    try:
+        distributed.launch(
+            spec.source, spec.overrides, nproc, resume=resume, data=data,
+            out=str(out) if out else None,
+        )  # fmt: skip
+    except Interrupted as stop:
+        raise _stopped_group(stop.signum, run) from None
+    summary = json.loads(run.summary.read_text())
+    history = State.from_checkpoint(ckpt.load(run.checkpoint("last"), spec)).history
+    model, _ = ckpt.load_trained(spec, "best" if _restored(summary) else "last", run=run)
+    return TrainResult(model, history, summary.get("best_epoch"), summary.get("stopped"), run.dir)
+
+
+def _restored(summary: dict[str, Any]) -> bool:
+    return bool((summary.get("weights") or {}).get("restored_best"))
+
+
+def _stopped_group(signum: int, run: Run) -> Interrupted:
+    """A distributed run stopped by Ctrl-C or SIGTERM: what its last checkpoint holds."""
+    last = run.checkpoint("last")
+    if not last.is_file():
+        return Interrupted(signum, "no epoch had finished, no checkpoint was written")
+    epoch = torch.load(last, map_location="cpu", weights_only=True).get("epoch")
+    return Interrupted(signum, f"kept {last} (epoch {epoch})", resumable=True)

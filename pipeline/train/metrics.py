@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +69,16 @@ class RunningMetrics:
             self.topk += hits
         self.count += n
 
-    def compute(self, prefix: str = "") -> dict[str, float]:
+    def compute(self, world: Any = None, prefix: str = "") -> dict[str, float]:
+        """The metrics so far; with ``world`` (a distributed group) over every rank's part."""
+        if world is not None and world.distributed:
+            sums = torch.cat([
+                self.loss.reshape(1), self.correct.double().reshape(1), self.topk.double(),
+                torch.tensor([float(self.count)], dtype=torch.float64, device=self.device),
+            ])  # fmt: skip
+            world.all_sum(sums)
+            self.loss, self.correct = sums[0], sums[1].long()
+            self.topk, self.count = sums[2:-1].long(), int(sums[-1].item())
         n = max(self.count, 1)
         out = {f"{prefix}loss": self.loss.item() / n, f"{prefix}accuracy": self.correct.item() / n}
         for k, hits in zip(self.top_k, self.topk.tolist(), strict=True):

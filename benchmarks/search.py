@@ -4,24 +4,26 @@ Three comparisons on real MNIST (a small subset, so that each takes minutes on 2
 each side by side in this one process, all trials training the same small convnet with the
 pipeline's own loop:
 
-1. Overhead: a 10-trial TPE search by ``pipeline.search.engine.run_search`` (SQLite storage,
+1. Overhead: a 10-trial search by ``pipeline.search.engine.run_search`` (SQLite storage,
    spec validation per trial, run folders, the report with its plots) against a hand-written
-   Optuna loop around the same ``pipeline.train.loop.train`` call (SQLite too). Goal: at most
-   1.1x the wall time.
-2. Pruning: the same 16-trial random search (6 epochs a trial) with the median pruner and
-   without. Goal: at least 40% fewer epochs trained, the best validation accuracy within 0.2
-   points.
+   Optuna loop around the same ``pipeline.train.loop.train`` call (SQLite too), both sides
+   training the same 10 points (enqueued: what a sampler proposes decides what a trial
+   costs). Goal: at most 1.1x the wall time.
+2. Pruning: the same 16-trial random search (8 epochs a trial) without a pruner and with each
+   of median, successive halving and Hyperband. Goal: at least 40% fewer epochs trained, the
+   best validation accuracy within 0.2 points.
 3. TPE (5 random startup trials) against random search: the best validation accuracy so far
    after each of 20 trials, for sampler seeds 0, 1 and 2.
 
 Run: ``PIPELINE_DATA_MIRROR=../shared/datasets .venv/bin/python benchmarks/search.py``
-(``--quick`` for a smoke run with fewer trials).
+(``--quick`` for a smoke run with fewer trials, ``--only pruning`` for one part).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -63,6 +65,15 @@ optimizer: {type: adam, lr: 1.0e-3}
 train: {epochs: 4, batch_size: 32}
 """
 
+PARTS = ["overhead", "pruning", "samplers"]
+ROUNDS = 5  # of the overhead comparison: the median of the rounds' ratios
+PRUNE_EPOCHS = 8
+PRUNERS = {  # each as a search file declares it
+    "median": {"type": "median", "warmup_epochs": 1, "startup_trials": 3},
+    "halving": {"type": "halving", "warmup_epochs": 1},
+    "hyperband": {"type": "hyperband", "warmup_epochs": 1},
+}
+
 SPACE = {
     "optimizer.lr": {"type": "float", "low": 1e-5, "high": 3e-1, "log": True},
     "train.batch_size": {"type": "choice", "values": [16, 32, 64, 128]},
@@ -90,16 +101,42 @@ def search_file(root: Path, name: str, **body) -> Path:
     return path
 
 
-def engine_search(root: Path, name: str, **body) -> tuple[float, optuna.Study]:
+def proposals(seed: int, n: int) -> list[dict]:
+    """``n`` points of SPACE, the same for both sides of the overhead comparison (what a
+    sampler proposes decides a trial's cost: batch 16 trains several times slower than 128)."""
+    import random
+
+    rng = random.Random(seed)
+    return [
+        {
+            "optimizer.lr": 10 ** rng.uniform(-5, math.log10(3e-1)),
+            "train.batch_size": rng.choice([16, 32, 64, 128]),
+            "model.layers[6].units": round(2 ** rng.uniform(3, 7)),
+            "model.layers[5].rate": rng.uniform(0.0, 0.6),
+        }
+        for _ in range(n)
+    ]
+
+
+def engine_search(
+    root: Path, name: str, points: list[dict] | None = None, **body
+) -> tuple[float, optuna.Study]:
     loaded = load_search(search_file(root, name, **body))
     began = time.perf_counter()
+    if points:  # the study made first, holding the points: the engine's trials take them
+        loaded.folder.mkdir(parents=True, exist_ok=True)
+        made = optuna.create_study(storage=loaded.storage, study_name=name, direction="maximize")
+        for point in points:
+            made.enqueue_trial(point)
     run_search(loaded, log=_quiet)
     took = time.perf_counter() - began
     study = optuna.load_study(study_name=name, storage=loaded.storage)
     return took, study
 
 
-def bare_loop(root: Path, name: str, trials: int, seed: int) -> tuple[float, optuna.Study]:
+def bare_loop(
+    root: Path, name: str, trials: int, seed: int, points: list[dict] | None = None
+) -> tuple[float, optuna.Study]:
     """What one writes by hand around the same training function."""
     from pipeline.data.prepare import prepare
     from pipeline.spec.load import load_spec
@@ -130,6 +167,8 @@ def bare_loop(root: Path, name: str, trials: int, seed: int) -> tuple[float, opt
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True),
     )
+    for point in points or ():
+        study.enqueue_trial(point)
     study.optimize(objective, n_trials=trials)
     return time.perf_counter() - began, study
 
@@ -151,7 +190,10 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true", help="fewer trials: a smoke run")
     p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--only", choices=PARTS, action="append", help="run only these parts")
+    p.add_argument("--rounds", type=int, default=ROUNDS, help="rounds of the overhead part")
     args = p.parse_args()
+    parts = args.only or PARTS
     n_overhead, n_prune, n_sampler = (4, 6, 6) if args.quick else (10, 16, 20)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     figures: dict = {"cpu": runtime.cpu_model(), "threads": __import__("torch").get_num_threads()}
@@ -165,69 +207,81 @@ def main() -> int:
 
         prepare(load_spec(root / "specs" / "bench.yaml"))  # both sides find it prepared
 
-        # 1. overhead: a warm-up of each (imports, first allocations), then 3 rounds
-        # alternating which side goes first; the medians
-        engine_search(root, "warm", sampler={"type": "tpe", "seed": 9}, budget={"trials": 1})
-        bare_loop(root, "warm_bare", 1, 9)
-        engine_s, bare_s = [], []
-        for r in range(3):
-            if r % 2:  # bare first this round
-                took, _ = bare_loop(root, f"bare{r}", n_overhead, r)
-                bare_s.append(took)
-            took, _ = engine_search(
-                root, f"overhead{r}", sampler={"type": "tpe", "seed": r},
-                budget={"trials": n_overhead},
-            )  # fmt: skip
-            engine_s.append(took)
-            if not r % 2:
-                took, _ = bare_loop(root, f"bare{r}", n_overhead, r)
-                bare_s.append(took)
-        ratio = statistics.median(engine_s) / statistics.median(bare_s)
-        figures["overhead"] = {"trials": n_overhead, "engine_s": engine_s, "bare_s": bare_s,
-                               "ratio": ratio}  # fmt: skip
-        print(f"1. {n_overhead} trials: engine {engine_s} s, bare Optuna loop {bare_s} s: "
-              f"{ratio:.3f}x (goal <= 1.1x)")  # fmt: skip
+        # 1. overhead: a warm-up of each (imports, first allocations), then ROUNDS rounds
+        # alternating which side goes first, both training the same points; the median ratio
+        if "overhead" in parts:
+            engine_search(root, "warm", sampler={"type": "tpe", "seed": 9}, budget={"trials": 1})
+            bare_loop(root, "warm_bare", 1, 9)
+            engine_s, bare_s = [], []
+            for r in range(args.rounds):
+                points = proposals(r, n_overhead)
+                if r % 2:  # bare first this round
+                    took, _ = bare_loop(root, f"bare{r}", n_overhead, r, points)
+                    bare_s.append(took)
+                took, _ = engine_search(
+                    root, f"overhead{r}", points, sampler={"type": "tpe", "seed": r},
+                    budget={"trials": n_overhead},
+                )  # fmt: skip
+                engine_s.append(took)
+                if not r % 2:
+                    took, _ = bare_loop(root, f"bare{r}", n_overhead, r, points)
+                    bare_s.append(took)
+            ratio = statistics.median(e / b for e, b in zip(engine_s, bare_s, strict=True))
+            extra = statistics.median(e - b for e, b in zip(engine_s, bare_s, strict=True))
+            figures["overhead"] = {"trials": n_overhead, "engine_s": engine_s, "bare_s": bare_s,
+                                   "ratio": ratio, "extra_s": extra}  # fmt: skip
+            print(f"1. {n_overhead} trials (the same points both sides): engine "
+                  f"{[round(x, 1) for x in engine_s]} s, bare Optuna loop "
+                  f"{[round(x, 1) for x in bare_s]} s: {ratio:.3f}x (goal <= 1.1x), "
+                  f"{extra:.1f} s more")  # fmt: skip
 
-        # 2. pruning: the same random proposals (seed 0) with and without the median pruner
-        common = {
-            "overrides": ["train.epochs=6"],
-            "sampler": {"type": "random", "seed": 0},
-            "budget": {"trials": n_prune},
-        }
-        _, plain = engine_search(root, "unpruned", **common)
-        _, pruned = engine_search(
-            root, "pruned", **common,
-            pruner={"type": "median", "warmup_epochs": 1, "startup_trials": 3},
-        )  # fmt: skip
-        e_plain, e_pruned = epochs_of(plain), epochs_of(pruned)
-        saved = 1 - e_pruned / e_plain
-        gap = 100 * (plain.best_value - pruned.best_value)
-        figures["pruning"] = {"trials": n_prune, "epochs_unpruned": e_plain,
-                              "epochs_pruned": e_pruned, "fewer": saved,
-                              "best_unpruned": plain.best_value, "best_pruned": pruned.best_value,
-                              "pruned_trials": sum(t.state.name == "PRUNED"
-                                                   for t in pruned.trials)}  # fmt: skip
-        print(f"2. {n_prune} trials: epochs {e_plain} unpruned, {e_pruned} pruned "
-              f"({saved:.0%} fewer, goal >= 40%); best val accuracy {plain.best_value:.4f} vs "
-              f"{pruned.best_value:.4f} ({gap:+.2f} points, goal within 0.2)")  # fmt: skip
+        # 2. pruning: the same random proposals (seed 0), unpruned and with each pruner
+        if "pruning" in parts:
+            common = {
+                "overrides": [f"train.epochs={PRUNE_EPOCHS}"],
+                "sampler": {"type": "random", "seed": 0},
+                "budget": {"trials": n_prune},
+            }
+            _, plain = engine_search(root, "unpruned", **common)
+            e_plain = epochs_of(plain)
+            figures["pruning"] = {"trials": n_prune, "epochs": PRUNE_EPOCHS,
+                                  "epochs_unpruned": e_plain, "best_unpruned": plain.best_value,
+                                  "pruners": {}}  # fmt: skip
+            print(f"2. {n_prune} random trials of {PRUNE_EPOCHS} epochs: {e_plain} epochs "
+                  f"unpruned, best val accuracy {plain.best_value:.4f}")  # fmt: skip
+            for label, pruner in PRUNERS.items():
+                _, pruned = engine_search(root, f"pruned_{label}", **common, pruner=pruner)
+                e_pruned = epochs_of(pruned)
+                saved = 1 - e_pruned / e_plain
+                gap = 100 * (plain.best_value - pruned.best_value)
+                figures["pruning"]["pruners"][label] = {
+                    "pruner": pruner, "epochs": e_pruned, "fewer": saved,
+                    "best": pruned.best_value, "points_behind": gap,
+                    "pruned_trials": sum(t.state.name == "PRUNED" for t in pruned.trials),
+                }  # fmt: skip
+                print(
+                    f"   {label}: {e_pruned} epochs ({saved:.0%} fewer, goal >= 40%); best "
+                    f"{pruned.best_value:.4f} ({gap:+.2f} points behind, goal within 0.2)"
+                )
 
         # 3. TPE against random, best so far, seeds 0-2
-        curves: dict[str, list[list[float]]] = {"tpe": [], "random": []}
-        for seed in range(3):
-            for sampler in ("tpe", "random"):
-                startup = {"startup_trials": 5} if sampler == "tpe" else {}
-                _, study = engine_search(
-                    root, f"{sampler}{seed}", sampler={"type": sampler, "seed": seed, **startup},
-                    budget={"trials": n_sampler},
-                )  # fmt: skip
-                curves[sampler].append(best_so_far(study))
-        figures["samplers"] = curves
-        for sampler, runs in curves.items():
-            at = [5, 10, n_sampler] if n_sampler >= 10 else [n_sampler]
-            cells = "; ".join(
-                f"after {k}: " + "/".join(f"{run[k - 1]:.4f}" for run in runs) for k in at
-            )
-            print(f"3. {sampler}: best val accuracy so far (seeds 0/1/2) {cells}")
+        if "samplers" in parts:
+            curves: dict[str, list[list[float]]] = {"tpe": [], "random": []}
+            for seed in range(3):
+                for sampler in ("tpe", "random"):
+                    startup = {"startup_trials": 5} if sampler == "tpe" else {}
+                    chosen = {"type": sampler, "seed": seed, **startup}
+                    _, study = engine_search(
+                        root, f"{sampler}{seed}", sampler=chosen, budget={"trials": n_sampler}
+                    )
+                    curves[sampler].append(best_so_far(study))
+            figures["samplers"] = curves
+            for sampler, runs in curves.items():
+                at = [5, 10, n_sampler] if n_sampler >= 10 else [n_sampler]
+                cells = "; ".join(
+                    f"after {k}: " + "/".join(f"{run[k - 1]:.4f}" for run in runs) for k in at
+                )
+                print(f"3. {sampler}: best val accuracy so far (seeds 0/1/2) {cells}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0

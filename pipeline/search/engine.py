@@ -307,7 +307,7 @@ class Worker:
         began = time.monotonic()
         trial.set_user_attr(ATTR_WORKER, proc.process_tag())
         run_dir = self.loaded.folder / "trials" / f"{trial.number:04d}"
-        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("run_dir", str(run_dir.resolve()))
         try:
             values = space.suggest(trial, self.loaded.search)
             settings = space.overrides(self.loaded.search, values)

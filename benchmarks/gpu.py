@@ -10,6 +10,8 @@
 2. Loader: one epoch of MNIST training batches on the device, resident vs pinned copies.
 3. Augmentation: the policy of ``benchmarks/augment.py`` (rotation, shift, zoom, flip), ours,
    on the device, for 28x28 and 150x150x3 batches.
+4. DDP: the same spec in one process against one process per GPU (``train.nproc``, NCCL),
+   by ``benchmarks/ddp.py``; with one GPU it says there is nothing to compare.
 
 ``--device cpu --epochs 1`` runs the same on the CPU (a check of the script itself). With
 ``$OUT`` set (the device machine's output folder) the figures are also written to
@@ -105,6 +107,32 @@ def augmentation(device: torch.device, repeats: int = 5) -> dict:
     return {"images_per_s": rates}
 
 
+def ddp(device: str, epochs: int) -> dict:
+    """benchmarks/ddp.py: one process against one per GPU (or 2 CPU processes)."""
+    import subprocess
+    import sys
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "ddp.json"
+        script = str(ROOT / "benchmarks" / "ddp.py")
+        kind = device.split(":")[0]
+        cmd = [
+            sys.executable,
+            script,
+            "--device",
+            kind,
+            "--epochs",
+            str(epochs),
+            "--json",
+            str(out),
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        print(done.stdout, done.stderr[-2000:], flush=True)
+        if out.is_file():
+            return json.loads(out.read_text())
+        return {"skipped": done.stdout.strip() or done.stderr.strip()[-500:]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -121,6 +149,7 @@ def main() -> None:
     figures["loader"] = loader(device)
     print(json.dumps(figures["loader"]), flush=True)
     figures["training"] = training(args.device, args.epochs)
+    figures["ddp"] = ddp(args.device, min(args.epochs, 2))
     print(json.dumps(figures, indent=2))
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "gpu.json").write_text(json.dumps(figures, indent=2) + "\n")

@@ -5,11 +5,13 @@ images, torch threads = all cores. Each variant runs in its own process (the all
 is process-wide), the variants alternate, and the median of the rounds is reported.
 
     PIPELINE_DATA_MIRROR=../shared/datasets .venv/bin/python benchmarks/train.py --rounds 3
+    ... benchmarks/train.py --accuracy bf16     # the default spec's test accuracy, seeds 0-2
 
 Variants:
   naive        plain loop: NCHW, default allocator, DataLoader-free tensor slicing
   tuned        plain loop: channels_last + glibc mallopt (the best hand-tuned loop here)
   pipeline     pipeline.train.loop.Trainer on specs/mnist_convnet.yaml (validation off)
+  pipeline-bf16  the same with train.precision: bf16 (autocast; fp32 where the CPU lacks bf16)
   lightning    the naive model/loop under lightning.Trainer (if lightning is installed)
   eval         pipeline evaluation throughput (images/s, batch 512) with the trained model
 """
@@ -82,12 +84,13 @@ def _plain(channels_last: bool, tuned_alloc: bool) -> float:
     return len(y) / epoch()
 
 
-def _pipeline() -> float:
+def _pipeline(precision: str = "fp32") -> float:
     from pipeline.run import Run
     from pipeline.spec.train import Phase
     from pipeline.train.loop import Trainer
 
     spec, prepared = _data()
+    spec.train.precision = precision
     run = Run(Path("/tmp/pipeline-bench-run"))
     trainer = Trainer(spec, prepared, run=run, log=lambda _m: None)
     optimizer, schedule = trainer._enter(Phase(epochs=2))
@@ -166,17 +169,46 @@ VARIANTS = {
     "naive": lambda: _plain(channels_last=False, tuned_alloc=False),
     "tuned": lambda: _plain(channels_last=True, tuned_alloc=True),
     "pipeline": _pipeline,
+    "pipeline-bf16": lambda: _pipeline("bf16"),
     "lightning": _lightning,
     "eval": _eval,
 }
 
 
+def accuracy(precision: str, seeds: list[int]) -> None:
+    """The default spec end to end (5 epochs, then the test split) in ``precision``, per seed:
+    does it still reach 99.0%?"""
+    import os
+    import shutil
+
+    env = {**os.environ, "PIPELINE_ORCHESTRATION": "off"}
+    for seed in seeds:
+        name = f"bench-{precision}-seed{seed}"
+        sets = [f"name={name}", f"seed={seed}", f"train.precision={precision}"]
+        args = [a for x in sets for a in ("-S", x)]
+        began = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "pipeline", "run", str(SPEC), *args], cwd=ROOT,
+                       env=env, check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+        folder = ROOT / "runs" / name
+        metrics = json.loads((folder / "metrics.json").read_text())
+        shutil.rmtree(folder)
+        print(
+            f"{precision} seed {seed}: test accuracy {metrics['test_accuracy']:.4f} (trained "
+            f"in {metrics.get('train_precision')}; {time.perf_counter() - began:.0f} s)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--accuracy", metavar="PRECISION", help="test accuracy per seed instead")
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--variant", choices=list(VARIANTS))
     parser.add_argument("--only", nargs="*", default=list(VARIANTS))
     args = parser.parse_args()
+    if args.accuracy:
+        accuracy(args.accuracy, args.seeds)
+        return
     if args.variant:
         print(json.dumps({"images_per_s": VARIANTS[args.variant]()}))
         return

@@ -180,6 +180,10 @@ def evaluate(
         )
     metrics["checkpoint_epoch"] = state["epoch"]
     metrics["precision"] = precision
+    trained = _training_record(run)
+    for key in ("precision", "world_size"):  # how the evaluated weights were trained
+        if key in trained:
+            metrics[f"train_{key}"] = trained[key]
     if run_id is not None:
         metrics["run_id"] = run_id
     log(
@@ -271,3 +275,14 @@ def training_curves(history: Path, png: Path, title: str) -> None:
     with atomic.replacing(png) as tmp:
         fig.savefig(tmp, dpi=90)
     plt.close(fig)
+
+
+def _training_record(run: Any) -> dict[str, Any]:
+    """train.json of the run (empty when missing or unreadable)."""
+    import json
+
+    try:
+        data = json.loads(run.summary.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -52,6 +52,15 @@ def bf16_supported(device: torch.device) -> bool:
     )
 
 
+def cpu_bf16_fast() -> bool:
+    """Whether bf16 training beats fp32 clearly on this CPU: it has AMX tiles (Intel Xeon
+    Sapphire Rapids and later) as well as native bf16. AVX-512 BF16 alone (AMD EPYC Zen 4) was
+    only 1.13x fp32 for the default spec (benchmarks/README.md, "bf16 training on CPU"): there
+    ``train.precision: auto`` stays fp32 (``bf16`` still asks for it)."""
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(amx is not None and amx()) and bf16_supported(torch.device("cpu"))
+
+
 def inference_autocast(precision: str, device: torch.device) -> tuple[Any, str]:
     """An autocast context for inference in ``precision`` and the precision really used:
     bf16 falls back to fp32 (reported) where this device has no native bf16, where it would
@@ -89,8 +98,19 @@ def seed_everything(seed: int, *, deterministic: bool = False) -> None:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for the spec's precision on this device (None: full fp32)."""
-    if device.type != "cuda" or precision == "fp32":
+    """The autocast dtype for the spec's training precision on this device (None: full fp32).
+
+    CPU: ``bf16`` where the CPU has native bf16 (AVX-512 BF16 or AMX), else fp32 (emulated
+    bf16 is slower than fp32); ``auto`` bf16 where :func:`cpu_bf16_fast`; fp16 trains in fp32
+    (no fast fp16 on CPUs). CUDA: ``auto`` is bf16 where supported, else fp16 (with a
+    gradient scaler). What ran is recorded (train.json ``precision``)."""
+    if precision == "fp32":
+        return None
+    if device.type == "cpu":
+        if precision == "bf16" and bf16_supported(device):
+            return torch.bfloat16
+        return torch.bfloat16 if precision == "auto" and cpu_bf16_fast() else None
+    if device.type != "cuda":
         return None
     if precision == "fp16":
         return torch.float16

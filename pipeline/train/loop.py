@@ -184,7 +184,8 @@ class Trainer:
         metrics = RunningMetrics(self.spec.train.top_k, self.device)
         reg_total = torch.zeros((), device=self.device)
         params = [p for g in optimizer.param_groups for p in g["params"]]
-        check_every = 1 if self.device.type == "cpu" else 25
+        # a host sync (CUDA) or a collective (several ranks) every 25 steps, not every step
+        check_every = 1 if self.device.type == "cpu" and not self.world.distributed else 25
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
         world, loader = self.world, self.train_loader
         autocast = (
@@ -195,7 +196,7 @@ class Trainer:
         for step, (x, y) in enumerate(progress(self.train_loader, f"epoch {epoch + 1}")):
             with autocast:
                 logits = self.forward(x)
-                loss = self.loss(logits, y)
+            loss = self.loss(logits.float(), y)  # the loss in fp32 whatever the autocast
             total = loss
             if world.distributed:  # DDP averages over ranks: weigh a short last batch's shares
                 share = len(y) * world.size / loader.global_batch(step)

@@ -59,6 +59,23 @@ def test_train_flow_publishes_the_summary_and_the_last_epoch(
     assert val in artifact.data and "Test metrics" not in artifact.data
 
 
+def test_the_train_flow_runs_a_distributed_run_from_the_same_setting(
+    prefect_server, tmp_path: Path, mirror, monkeypatch
+):
+    from pipeline.flows import train_flow
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PIPELINE_DATA_CACHE", str(tmp_path / "cache"))
+    spec_file = tmp_path / "ddp.yaml"
+    spec_file.write_text(CONVNET.format(name="ddp", per_class=20, epochs=1))
+    trained = train_flow(str(spec_file), ["train.nproc=2"])  # a deployment's parameters
+    assert trained["epochs"] == 1
+    record = json.loads((tmp_path / "runs" / "ddp" / "train.json").read_text())
+    assert record["world_size"] == 2
+    run = json.loads((tmp_path / "runs" / "ddp" / "run.json").read_text())
+    assert run["device"]["backend"] == "gloo" and run["overrides"] == ["train.nproc=2"]
+
+
 def test_a_bad_override_fails_the_flow_with_the_located_error(prefect_server, tmp_path: Path):
     from pipeline.flows import prepare_flow
     from pipeline.spec import SpecError

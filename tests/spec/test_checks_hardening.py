@@ -97,6 +97,7 @@ def test_the_new_checks_are_listed_by_pipeline_checks():
         "batches-per-epoch",
         "freeze-and-unfreeze",
         "best-checkpoint-kept",
+        "batch-per-process",
         "output-activation",
         "layer-selectors",
     ):
@@ -146,6 +147,13 @@ def test_drop_last_with_a_batch_larger_than_the_split_is_refused():
 
 def test_without_drop_last_a_large_batch_is_one_partial_batch():
     load_spec_text(SMALL)
+
+
+def test_a_global_batch_that_does_not_split_between_the_processes_is_refused():
+    (p,) = errors_of(BASE, ["train.nproc=3"])  # batch_size 64
+    assert p.code == "batch-per-process" and p.path == ("train", "batch_size")
+    assert "does not divide by train.nproc 3" in p.message and "63 or 66" in p.hint
+    load_spec_text(BASE, ["train.nproc=4"])  # 16 each
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ import torch
 from pipeline import atomic
 from pipeline.run import Run
 from pipeline.spec.spec import Spec
+from pipeline.train.multilabel import test_metrics
 
 
 def _probabilities(model: Any, x: torch.Tensor) -> torch.Tensor:
@@ -147,9 +148,13 @@ def evaluate(
     probs, labels = collect(model, loader, autocast)
     seconds = time.perf_counter() - start
     top_k = sorted(set(spec.evaluate.top_k) | set(spec.train.top_k))
-    metrics, _ = metrics_from(
-        probs, labels, prepared.classes, top_k=top_k, bins=spec.evaluate.calibration_bins
-    )
+    multi_label = bool(prepared.meta.get("multi_label"))
+    if multi_label:  # per class at evaluate.threshold; no confusion matrix, no calibration
+        metrics = test_metrics(probs, labels, prepared.classes, spec.evaluate.threshold)
+    else:
+        metrics, _ = metrics_from(
+            probs, labels, prepared.classes, top_k=top_k, bins=spec.evaluate.calibration_bins
+        )
     if not spec.evaluate.per_class:
         metrics = {k: v for k, v in metrics.items() if "/" not in k}
     if spec.evaluate.mc_dropout is not None:
@@ -193,7 +198,7 @@ def evaluate(
     if run.history.is_file():
         training_curves(run.history, run.curves, spec.name)
     run.write_json(run.metrics, metrics)
-    if spec.evaluate.confusion_matrix:
+    if spec.evaluate.confusion_matrix and not multi_label:
         names = prepared.classes
         pairs = zip(labels.tolist(), probs.argmax(1).tolist(), strict=True)
         run.write_csv(
@@ -261,8 +266,9 @@ def training_curves(history: Path, png: Path, title: str) -> None:
 
     rows = list(csv.DictReader(history.open()))
     epochs = [int(r["epoch"]) for r in rows]
+    score = "accuracy" if not rows or "accuracy" in rows[0] else "micro_f1"  # multi-label's
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("accuracy", "loss"), strict=True):
+    for ax, metric in zip(axes, (score, "loss"), strict=True):
         ax.plot(epochs, [float(r[metric]) for r in rows], "bo", label=f"training {metric}")
         if rows and rows[0].get(f"val_{metric}"):
             ax.plot(

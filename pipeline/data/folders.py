@@ -37,7 +37,7 @@ def read_image_folder(data: DataSection, resolve: Resolve) -> RawData:
     for split, folder in folders.items():
         names, files = _scan(folder, classes)
         classes = classes or names
-        x, y, skipped = _decode_all(files, mode, size, data.skip_corrupt)
+        x, y, skipped = decode_all(files, mode, size, data.skip_corrupt)
         out.splits[split] = (x, y)
         out.skipped[split] = [str(p.relative_to(folder)) for p in skipped]
         out.checksums[str(folder)] = folder_fingerprint(folder)
@@ -159,7 +159,7 @@ def _eight_bit(img: Any) -> Any:
     return out
 
 
-def _decode_all(
+def decode_all(
     files: list[tuple[Path, int]], mode: str, size: tuple[int, int] | None, skip_corrupt: bool
 ) -> tuple[torch.Tensor, torch.Tensor, list[Path]]:
     from PIL import Image

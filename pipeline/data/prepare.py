@@ -28,6 +28,7 @@ import torch
 from pipeline.data import select as sel
 from pipeline.data import store
 from pipeline.data.folders import folder_fingerprint
+from pipeline.data.multilabel import fingerprints as labels_fingerprints
 from pipeline.data.raw import DataError, RawData
 from pipeline.data.sources import read_source
 from pipeline.data.store import FORMAT, SPLITS
@@ -104,7 +105,7 @@ def data_key(spec: Spec) -> str:
     field does not move every folder), its folders resolved, plus the seed when it draws, plus
     the offline augmentation when there is one."""
     d = spec.data.model_dump(mode="json", exclude_defaults=True, exclude={"mirror", "download"})
-    for k in ("path", "test_path"):
+    for k in ("path", "test_path", "labels_file", "test_labels_file"):
         if d.get(k):
             d[k] = _portable(spec.path_of(d[k]))
     if d.get("validation", {}).get("path"):
@@ -140,7 +141,8 @@ def _fingerprints(spec: Spec) -> dict[str, str]:
     """Image folders change without the spec changing: their listing is part of 'complete'."""
     d = spec.data
     folders = [d.path, d.test_path, d.validation.path if d.validation else None]
-    return {p: folder_fingerprint(spec.path_of(p)) for p in folders if p}
+    out = {p: folder_fingerprint(spec.path_of(p)) for p in folders if p}
+    return out | labels_fingerprints(d, spec.path_of)
 
 
 # ---- prepare -------------------------------------------------------------------------------
@@ -261,8 +263,8 @@ def _meta(
     files: dict[str, int],
 ) -> dict[str, Any]:
     classes = [raw.classes[i] for i in mapping]
-    counts = {
-        name: dict(zip(classes, torch.bincount(y, minlength=len(classes)).tolist(), strict=True))
+    counts = {  # multi-label (y multi-hot): the images showing each class
+        name: dict(zip(classes, _per_class(y, len(classes)).tolist(), strict=True))
         for name, (_, y) in splits.items()
     }
     normalize = spec.data.normalize
@@ -273,6 +275,7 @@ def _meta(
         "classes": classes,
         "source_classes": raw.classes,
         "class_map": mapping,
+        "multi_label": spec.data.multi_label,
         "image_shape": list(splits["train"][0].shape[1:]),
         "counts": counts,
         "normalization": {
@@ -291,10 +294,15 @@ def _meta(
     }
 
 
+def _per_class(y: torch.Tensor, k: int) -> torch.Tensor:
+    return y.sum(0) if y.ndim == 2 else torch.bincount(y, minlength=k)
+
+
 def _short(spec: Spec, folder: str) -> str:
     # Image folders are stored as the spec writes them, so meta.json is the same on any machine.
     d = spec.data
-    for p in (d.path, d.test_path, d.validation.path if d.validation else None):
+    for p in (d.path, d.test_path, d.validation.path if d.validation else None, d.labels_file,
+              d.test_labels_file):  # fmt: skip
         if p and str(spec.path_of(p)) == folder:
             return p
     return folder

@@ -89,11 +89,11 @@ def split_validation(train: Split, data: DataSection, seed: int) -> tuple[Split,
         return (x[v.first :], y[v.first :]), (x[: v.first], y[: v.first])
     assert v.fraction is not None
     gen = rng(seed, _VALIDATION_STREAM)
-    held = []
-    for label in torch.unique(y).tolist():
-        idx = torch.nonzero(y == label).flatten().numpy()
-        n = round(len(idx) * v.fraction)
-        held.append(gen.choice(idx, size=n, replace=False))
+    if y.ndim == 2:  # multi-hot labels: a seeded random fraction (no single class to stratify)
+        groups = [np.arange(len(y))]
+    else:
+        groups = [torch.nonzero(y == label).flatten().numpy() for label in torch.unique(y).tolist()]
+    held = [gen.choice(idx, size=round(len(idx) * v.fraction), replace=False) for idx in groups]
     mask = torch.zeros(len(y), dtype=torch.bool)
     mask[torch.from_numpy(np.concatenate(held))] = True
     if mask.all() or not mask.any():

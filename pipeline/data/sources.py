@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pipeline.data.builtin import builtin
 from pipeline.data.folders import read_image_folder
+from pipeline.data.multilabel import read_multi_label_folder
 from pipeline.data.raw import DataError, RawData, Resolve, cache_dir, dataset_root
 from pipeline.spec.data import DataSection
 
@@ -23,5 +24,6 @@ def read_source(
 ) -> RawData:
     """Read the dataset a data section names; paths in it are resolved with ``resolve``."""
     if data.dataset == "image_folder":
-        return read_image_folder(data, resolve)
+        read = read_multi_label_folder if data.multi_label else read_image_folder
+        return read(data, resolve)
     return builtin(data.dataset).read(data, resolve, retries, backoff_s)

@@ -277,7 +277,7 @@ def _rebase(tree: Any, source: Path, target: Path) -> Any:
     data = out.get("data")
     if isinstance(data, Mapping):
         data = dict(data)
-        for key in ("path", "test_path"):
+        for key in ("path", "test_path", "labels_file", "test_labels_file"):
             if key in data:
                 data[key] = fix(data[key])
         if isinstance(data.get("validation"), Mapping) and "path" in data["validation"]:

@@ -306,9 +306,10 @@ def _output_activation_of(layers: list, path: tuple) -> tuple[str, tuple] | None
 
 @check("output-activation")
 def _output_activation(spec: Spec) -> Iterator[Problem]:
-    """Every sample has one class: probabilities come from a softmax over several outputs or a
-    sigmoid on one (a sigmoid over several does not sum to 1, a softmax over one is always
-    1), and binary cross-entropy needs one output, cross-entropy several. An error."""
+    """Single-label data: probabilities come from a softmax over several outputs or a sigmoid
+    on one (a sigmoid over several does not sum to 1, a softmax over one is always 1), and
+    binary cross-entropy needs one output, cross-entropy several. Multi-label data: a sigmoid
+    per class (a softmax would make the classes compete) and binary cross-entropy. An error."""
     shape = spec.model.resolved_input_shape()
     if shape is None:
         return
@@ -320,6 +321,9 @@ def _output_activation(spec: Spec) -> Iterator[Problem]:
         return
     units = out[0]
     found = _output_activation_of(list(spec.model.layers), ("model", "layers"))
+    if spec.data.multi_label:
+        yield from _multi_label_head(spec, units, found)
+        return
     if found is not None and found[0] == "sigmoid" and units > 1:
         yield Problem(
             f"a sigmoid over {units} outputs gives each class its own probability: for "
@@ -343,4 +347,29 @@ def _output_activation(spec: Spec) -> Iterator[Problem]:
         )
 
 
-from pipeline.spec import checks_train  # noqa: E402, F401  (registers the training checks)
+def _multi_label_head(spec: Spec, units: int, found: tuple[str, tuple] | None) -> Iterator[Problem]:
+    if found is not None and found[0] != "sigmoid":
+        yield Problem(
+            f"multi-label data needs an independent probability per class, which {found[0]} "
+            "does not give (a softmax makes the classes compete for one)",
+            found[1],
+            hint="use activation: sigmoid on the last layer, one unit per class",
+        )
+    names = spec.data.label_names
+    if names is not None and units != len(names):
+        yield Problem(
+            f"the model has {units} outputs but data.label_names lists {len(names)} classes",
+            ("data", "label_names"),
+            hint=f"give the last layer {len(names)} units, one per class",
+        )
+    if spec.train.loss == "cross_entropy":
+        yield Problem(
+            "multi-label data takes binary cross-entropy, one per class; cross_entropy assumes "
+            "one class per image",
+            ("train", "loss"),
+            hint="loss: auto (or binary_cross_entropy)",
+        )
+
+
+# registers the label checks and the training checks
+from pipeline.spec import checks_labels, checks_train  # noqa: E402, F401

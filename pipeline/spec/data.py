@@ -15,6 +15,7 @@ from pipeline.spec.base import (
     Probability,
     StrictModel,
 )
+from pipeline.spec.mix import CutMix, Mixup
 
 FASHION_CLASSES = [
     "t_shirt_top", "trouser", "pullover", "dress", "coat",
@@ -156,6 +157,17 @@ class DataSection(StrictModel):
     training split in prepare; or explicit {mean, std}."""
     skip_corrupt: bool = False
     """image_folder: skip unreadable images (counted in the metadata) instead of failing."""
+    multi_label: bool = False
+    """Several classes per image (image_folder with ``labels_file``): one sigmoid output per
+    class, binary cross-entropy on multi-hot targets, per-class and F1 metrics."""
+    labels_file: str | None = None
+    """multi_label: a CSV with a ``file,labels`` header; ``file`` relative to ``path``,
+    ``labels`` the image's classes separated by spaces or ``;`` (may be empty)."""
+    test_labels_file: str | None = None
+    """multi_label: the labels of ``test_path``'s images, in the same format."""
+    label_names: list[str] | None = None
+    """multi_label: the classes, in output order; a label file naming another is an error.
+    Default: every label the training labels file names, sorted."""
 
     @model_validator(mode="after")
     def _folder_needs_path(self) -> DataSection:
@@ -345,3 +357,14 @@ class AugmentSection(StrictModel):
     """Only 'train' is allowed; the field exists so the rule is stated and enforced."""
     transforms: list[TRANSFORMS.union()] = []  # type: ignore[valid-type]
     """Applied in order."""
+    mixup: Mixup | None = None
+    """Blend pairs of a training batch and their labels (soft targets); online in both modes,
+    after the transforms; never on validation or test data."""
+    cutmix: CutMix | None = None
+    """Paste a box of one training image into another, labels weighted by area."""
+    mix_prob: Probability = 1.0
+    """With mixup or cutmix: the probability that a training batch is mixed at all (timm's
+    ``prob``); unmixed batches keep their own labels."""
+    switch_prob: Probability = 0.5
+    """With both mixup and cutmix: the probability that a mixed batch uses cutmix rather than
+    mixup (timm's ``switch_prob``)."""

@@ -107,7 +107,7 @@ def spec_paths(spec: Any) -> Iterator[tuple[tuple[PathPart, ...], str, bool]]:
     from pipeline.spec.shapes import named_layers
 
     data = spec.data
-    for key in ("path", "test_path"):
+    for key in ("path", "test_path", "labels_file", "test_labels_file"):
         if getattr(data, key):
             yield ("data", key), getattr(data, key), False
     if data.validation is not None and data.validation.path:

@@ -34,10 +34,12 @@ backbone's), a residual's layers by their own names or as ``<residual>.<layer>``
 def _monitor(value: str) -> str:
     if value == "auto":
         return value
-    if not re.fullmatch(r"(val_)?(loss|accuracy|top\d+_accuracy)", value):
+    multi = "micro_f1|macro_f1|subset_accuracy|hamming_loss"  # multi-label data's
+    if not re.fullmatch(rf"(val_)?(loss|accuracy|top\d+_accuracy|{multi})", value):
         raise ValueError(
-            f"unknown metric {value!r}; valid: loss, accuracy, topK_accuracy, each optionally "
-            "prefixed with val_ (e.g. val_loss, val_accuracy, val_top5_accuracy)"
+            f"unknown metric {value!r}; valid: loss, accuracy, topK_accuracy, (multi-label) "
+            "micro_f1, macro_f1, subset_accuracy, hamming_loss, each optionally prefixed with "
+            "val_ (e.g. val_loss, val_accuracy, val_top5_accuracy)"
         )
     return value
 
@@ -164,6 +166,9 @@ class EvaluateSection(StrictModel):
     falls back to fp32 elsewhere; metrics.json records what ran. A few borderline test samples
     can flip their prediction."""
     top_k: list[Annotated[int, Field(ge=2)]] = []
+    threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    """multi_label: a class is predicted when its sigmoid reaches this (in the training
+    history's metrics too)."""
     per_class: bool = True
     """Per-class precision, recall and F1."""
     confusion_matrix: bool = True

@@ -31,7 +31,7 @@ from pipeline.train import diagnostics, distributed, outcome
 from pipeline.train import params as P
 from pipeline.train.distributed import World
 from pipeline.train.live import RUN_COLUMNS, log_live, open_live, progress
-from pipeline.train.metrics import RunningMetrics, spec_loss
+from pipeline.train.metrics import training_targets
 from pipeline.train.optim import build_optimizer, clip_gradients
 from pipeline.train.outcome import TrainingDiverged
 from pipeline.train.schedules import LRSchedule
@@ -110,7 +110,7 @@ class Trainer:
         self.amp = runtime.autocast_dtype(t.precision, self.device)
         self.precision = runtime.precision_name(self.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
-        self.loss = spec_loss(spec)
+        self.loss, self.mix, self.metrics = training_targets(spec, prepared, self.world)
         self.constraints = P.constraints(self.model, spec)
         common = {"device": self.device, "memory_format": self.memory_format}
         shard = (self.world.rank, self.world.size) if self.world.distributed else None
@@ -181,7 +181,7 @@ class Trainer:
         self.train_loader.set_epoch(epoch)
         if self.world.distributed:  # dropout and friends: their own stream per rank and epoch
             torch.manual_seed(epoch_seed(self.spec.seed, epoch, 100 + self.world.rank))
-        metrics = RunningMetrics(self.spec.train.top_k, self.device)
+        metrics = self.metrics(self.device)
         reg_total = torch.zeros((), device=self.device)
         params = [p for g in optimizer.param_groups for p in g["params"]]
         # a host sync (CUDA) or a collective (several ranks) every 25 steps, not every step
@@ -194,9 +194,10 @@ class Trainer:
             else contextlib.nullcontext()
         )
         for step, (x, y) in enumerate(progress(self.train_loader, f"epoch {epoch + 1}")):
+            x, target, y = self.mix(x, y, epoch, step)  # mixup/cutmix: soft targets, dominant y
             with autocast:
                 logits = self.forward(x)
-            loss = self.loss(logits.float(), y)  # the loss in fp32 whatever the autocast
+            loss = self.loss(logits.float(), target)  # the loss in fp32 whatever the autocast
             total = loss
             if world.distributed:  # DDP averages over ranks: weigh a short last batch's shares
                 share = len(y) * world.size / loader.global_batch(step)
@@ -232,7 +233,7 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, loader: Any) -> dict[str, float]:
         self.model.eval()
-        metrics = RunningMetrics(self.spec.train.top_k, self.device)
+        metrics = self.metrics(self.device)
         autocast = (
             torch.autocast(self.device.type, dtype=self.amp)
             if self.amp
@@ -407,7 +408,7 @@ class Trainer:
         shown = ", ".join(
             f"{k} {v:.4f}"
             for k, v in row.items()
-            if isinstance(v, float) and k not in RUN_COLUMNS and k != "lr"
+            if isinstance(v, float) and k not in RUN_COLUMNS and k != "lr" and "/" not in k
         )
         self.log(
             f"epoch {epoch + 1} [{row['phase']}] lr {lr:.3g} {shown} "

@@ -12,12 +12,15 @@ from pipeline.errors import ConfigurationError
 from pipeline.spec.spec import Spec
 
 
-def loss_fn(kind: str, outputs: int, label_smoothing: float):
-    """Cross-entropy on logits for several outputs, binary cross-entropy on logits for one."""
+def loss_fn(kind: str, outputs: int, label_smoothing: float, multi_label: bool = False):
+    """Cross-entropy on logits for several outputs, binary cross-entropy on logits for one or,
+    multi-label, for each. Either takes class indices or soft targets (mixup, cutmix)."""
     if kind == "auto":
-        kind = "binary_cross_entropy" if outputs == 1 else "cross_entropy"
+        kind = "binary_cross_entropy" if outputs == 1 or multi_label else "cross_entropy"
+    if multi_label and kind != "binary_cross_entropy":
+        raise ConfigurationError(f"multi-label data needs binary_cross_entropy, not {kind}")
     if kind == "binary_cross_entropy":
-        if outputs != 1:
+        if outputs != 1 and not multi_label:
             raise ConfigurationError(
                 f"binary_cross_entropy needs one output unit, the model has {outputs}"
             )
@@ -86,10 +89,33 @@ class RunningMetrics:
         return out
 
 
-def spec_loss(spec: Spec) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The spec's loss on logits, for its number of outputs."""
+def output_units(spec: Spec) -> int:
+    """The model's number of outputs, from the spec's shapes."""
     from pipeline.spec.shapes import infer_shapes
 
     shape = spec.model.resolved_input_shape()
-    outputs = infer_shapes(spec.model.layers, shape, ())[-1][0]  # type: ignore[arg-type]
-    return loss_fn(spec.train.loss, outputs, spec.train.label_smoothing)
+    return infer_shapes(spec.model.layers, shape, ())[-1][0]  # type: ignore[arg-type]
+
+
+def spec_loss(spec: Spec) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The spec's loss on logits, for its number of outputs."""
+    t = spec.train
+    return loss_fn(t.loss, output_units(spec), t.label_smoothing, spec.data.multi_label)
+
+
+def training_targets(spec: Spec, prepared: Any, world: Any) -> tuple[Any, Any, Any]:
+    """What the trainer compares its outputs with: the loss, the batch mixer (mixup, cutmix;
+    training batches only, each rank its own draws) and a factory of running metrics on a
+    device (multi-label's or not)."""
+    from pipeline.train.mix import BatchMixer
+    from pipeline.train.multilabel import MultiLabelMetrics
+
+    multi, units, classes = spec.data.multi_label, output_units(spec), prepared.classes
+    mixer = BatchMixer(spec.augment, units, multi_label=multi, seed=spec.seed, rank=world.rank)
+
+    def metrics(on: torch.device) -> Any:
+        if multi:
+            return MultiLabelMetrics(classes, spec.evaluate.threshold, on)
+        return RunningMetrics(spec.train.top_k, on)
+
+    return spec_loss(spec), mixer, metrics

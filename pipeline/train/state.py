@@ -24,7 +24,8 @@ def better(value: float, best: float | None, mode: str, delta: float = 0.0) -> b
 
 
 def direction(monitor: str, mode: str) -> str:
-    return mode if mode != "auto" else ("max" if "accuracy" in monitor else "min")
+    higher_better = "accuracy" in monitor or "f1" in monitor
+    return mode if mode != "auto" else ("max" if higher_better else "min")
 
 
 @dataclass

@@ -1,0 +1,85 @@
+"""Cross-field checks of the labels: multi-label data (``data.multi_label``) and the batch
+mixes that blend labels (``augment.mixup``, ``augment.cutmix``). The output layer's rules for
+multi-label data are the ``output-activation`` check's (:mod:`pipeline.spec.checks`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from pipeline.spec.check_registry import check, warn
+from pipeline.spec.errors import Problem
+from pipeline.spec.spec import Spec
+
+_LABEL_FILES = ("labels_file", "test_labels_file", "label_names")
+
+
+@check("multi-label")
+def _multi_label(spec: Spec) -> Iterator[Problem]:
+    """Multi-label data is an image folder with a labels file (and one for its test folder);
+    its labels are read from the files, so the per-class selections (classes, subset) and a
+    validation folder without labels do not apply, and evaluate's single-label extras
+    (MC dropout, batch-norm folding's accuracy) are not computed for it. The label fields
+    without multi_label would be ignored. An error."""
+    d = spec.data
+    if not d.multi_label:
+        for key in _LABEL_FILES:
+            if getattr(d, key) is not None:
+                yield Problem(
+                    f"{key} is for multi-label data", ("data", key), hint="set multi_label: true"
+                )
+        return
+    if d.dataset != "image_folder":
+        yield Problem(
+            f"multi-label data is read from an image folder with a labels file, not {d.dataset}",
+            ("data", "dataset"),
+            hint="dataset: image_folder, with path and labels_file",
+        )
+    elif d.labels_file is None:
+        yield Problem(
+            "multi_label needs labels_file: a CSV 'file,labels' of the images under path",
+            ("data", "multi_label"),
+            hint="labels_file: labels.csv (labels separated by spaces or ';')",
+        )
+    if d.test_path and not d.test_labels_file:
+        yield Problem("test_path needs test_labels_file with multi_label", ("data", "test_path"))
+    if d.test_labels_file and not d.test_path:
+        yield Problem("test_labels_file needs test_path", ("data", "test_labels_file"))
+    if d.validation is not None and d.validation.path:
+        yield Problem(
+            "a validation folder has no labels file with multi_label",
+            ("data", "validation", "path"),
+            hint="validation: {fraction: 0.1} (a seeded random fraction) or {first: N}",
+        )
+    for key, why in (("classes", "selects by class"), ("subset", "counts per class")):
+        if getattr(d, key) is not None:
+            yield Problem(
+                f"{key} {why}, which multi-label data has not one of",
+                ("data", key),
+                hint="list only the images you want in the labels file",
+            )
+    e = spec.evaluate
+    for key, on in (
+        ("mc_dropout", e.mc_dropout is not None),
+        ("fold_batch_norm", e.fold_batch_norm),
+    ):
+        if on:
+            yield Problem(f"evaluate.{key} is not computed for multi-label data", ("evaluate", key))
+
+
+@check("batch-mix")
+def _batch_mix(spec: Spec) -> Iterator[Problem]:
+    """augment.mix_prob applies to mixup and cutmix, switch_prob to both together: set
+    without them they do nothing. A warning."""
+    a = spec.augment
+    given = a.model_fields_set
+    if "mix_prob" in given and a.mixup is None and a.cutmix is None:
+        yield warn(
+            "mix_prob has no effect without mixup or cutmix",
+            ("augment", "mix_prob"),
+            hint="add mixup: {alpha: 0.2} or cutmix: {alpha: 1.0}",
+        )
+    if "switch_prob" in given and (a.mixup is None or a.cutmix is None):
+        yield warn(
+            "switch_prob chooses between mixup and cutmix: it needs both",
+            ("augment", "switch_prob"),
+        )

@@ -1,0 +1,173 @@
+"""Multi-label classification on a folder of real MNIST pairs: two digits side by side,
+labelled with both. Training, the history's metrics, evaluate's metrics.json, and the errors
+of a bad labels file or head."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.data.prepare import prepare
+from pipeline.data.raw import DataError
+from pipeline.evaluate import evaluate
+from pipeline.spec import SpecError, load_spec
+from pipeline.train.loop import train
+from pipeline.train.multilabel import counts, scores
+
+DIGITS = 4  # classes 0..3: a pair shows one or two of them
+
+
+def idx(mirror: Path, name: str) -> np.ndarray:
+    with gzip.open(mirror / "MNIST" / "raw" / f"{name}.gz") as f:
+        data = f.read()
+    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(data[3])]
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * data[3]).reshape(shape)
+
+
+def pairs_folder(root: Path, mirror: Path, split: str, n: int, seed: int) -> Path:
+    """``n`` images of two MNIST digits side by side (28x56) and ``labels.csv``."""
+    prefix = "train" if split == "train" else "t10k"
+    x, y = idx(mirror, f"{prefix}-images-idx3-ubyte"), idx(mirror, f"{prefix}-labels-idx1-ubyte")
+    keep = np.nonzero(y < DIGITS)[0][: 40 * n]
+    rng = np.random.default_rng(seed)
+    folder = root / split
+    folder.mkdir(parents=True)
+    lines = ["file,labels"]
+    for i in range(n):
+        a, b = rng.choice(keep, 2, replace=False)
+        Image.fromarray(np.concatenate([x[a], x[b]], axis=1)).save(folder / f"{i:04d}.png")
+        lines.append(f"{i:04d}.png,{' '.join(sorted({f'd{y[a]}', f'd{y[b]}'}))}")
+    (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+SPEC = """\
+name: pairs
+seed: 0
+data:
+  dataset: image_folder
+  path: data/train
+  labels_file: data/train.csv
+  test_path: data/test
+  test_labels_file: data/test.csv
+  multi_label: true
+  color_mode: grayscale
+  image_size: [28, 56]
+  validation: {{fraction: 0.15}}
+model:
+  layers:
+    - {{type: conv2d, filters: 8, kernel_size: 3, activation: relu}}
+    - {{type: max_pool2d}}
+    - {{type: flatten}}
+    - {{type: dense, units: 64, activation: relu}}
+    - {{type: dense, units: {units}, activation: {head}}}
+optimizer: {{type: adam, lr: 3e-3}}
+train: {{epochs: 3, batch_size: 32, early_stopping: {{monitor: val_micro_f1, patience: 5}}}}
+{extra}
+"""
+
+
+def spec_in(root: Path, units: int = DIGITS, head: str = "sigmoid", overrides=()):
+    path = root / "pairs.yaml"
+    path.write_text(SPEC.format(units=units, head=head, extra=""))
+    return load_spec(path, list(overrides))
+
+
+@pytest.fixture
+def project(tmp_path: Path, mirror: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pyproject.toml").write_text("")
+    pairs_folder(tmp_path / "data", mirror, "train", 600, seed=0)
+    pairs_folder(tmp_path / "data", mirror, "test", 150, seed=1)
+    return tmp_path
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def test_pairs_of_digits_train_to_a_micro_f1(project):
+    spec = spec_in(project)
+    prepared = prepare(spec)
+    assert prepared.classes == ["d0", "d1", "d2", "d3"]
+    _, y = prepared.split("train")
+    assert y.shape == (510, 4) and set(y.sum(1).tolist()) <= {1, 2}  # 85% of 600, multi-hot
+    assert prepared.meta["counts"]["train"]["d0"] == int(y[:, 0].sum())
+    result = train(spec, prepared=prepared, log=quiet)
+    last = result.history[-1]
+    assert last["val_micro_f1"] >= 0.85, last
+    assert {"val_macro_f1", "val_subset_accuracy", "val_hamming_loss", "f1/d3"} <= set(last)
+    metrics = evaluate(spec, prepared=prepared, log=quiet)
+    assert metrics["test_micro_f1"] >= 0.85, metrics
+    assert 0 <= metrics["test_hamming_loss"] <= 0.1
+    assert {"precision/d0", "recall/d0", "f1/d0", "test_macro_f1", "test_subset_accuracy"} <= set(
+        json.loads((project / "runs" / "pairs" / "metrics.json").read_text())
+    )
+
+
+def test_the_metrics_by_hand():
+    y = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]])
+    pred = torch.tensor([[1, 0, 0], [0, 1, 0], [1, 1, 1], [0, 1, 1]]).bool()
+    tp, fp, fn, exact, wrong = counts(pred, y)
+    got = scores(tp, fp, fn, float(exact), float(wrong), 4, ["a", "b", "c"])
+    # a: tp 2; b: tp 2, fp 1 (F1 0.8); c: tp 1, fp 1, fn 1 (F1 0.5); pooled: tp 5, fp 2, fn 1
+    assert got["f1/a"] == 1 and got["precision/b"] == pytest.approx(2 / 3)
+    assert got["f1/b"] == pytest.approx(0.8) and got["recall/c"] == 0.5
+    assert got["micro_f1"] == pytest.approx(10 / 13)
+    assert got["macro_f1"] == pytest.approx(2.3 / 3)
+    assert got["subset_accuracy"] == 0.25  # only the second row is right in every class
+    assert got["hamming_loss"] == 3 / 12
+
+
+def test_a_label_the_classes_do_not_list_is_located_in_the_file(project):
+    text = (project / "data" / "train.csv").read_text().replace("d3", "d9", 1)
+    (project / "data" / "train.csv").write_text(text)
+    spec = spec_in(project, overrides=["data.label_names=[d0, d1, d2, d3]"])
+    with pytest.raises(DataError) as err:
+        prepare(spec)
+    line = next(i for i, row in enumerate(text.splitlines(), 1) if "d9" in row)
+    assert f"train.csv:{line}: unknown class 'd9'" in str(err.value)
+    assert "d0, d1, d2, d3" in str(err.value)
+
+
+def test_a_test_label_the_training_file_lacks_is_an_error(project):
+    with (project / "data" / "test.csv").open("a") as f:
+        f.write("0000.png,d1 dd2\n")
+    (project / "data" / "test.csv").write_text(
+        (project / "data" / "test.csv").read_text().replace("0000.png,", "x.png,", 1)
+    )
+    (project / "data" / "test" / "0000.png").rename(project / "data" / "test" / "x.png")
+    with pytest.raises(DataError, match=r"test.csv:\d+: unknown class 'dd2'; did you mean 'd2'"):
+        prepare(spec_in(project))
+
+
+def problems(root: Path, **kw) -> list[str]:
+    with pytest.raises(SpecError) as err:
+        spec_in(root, **kw)
+    return [p.format(source=False) for p in err.value.problems]
+
+
+def test_the_head_must_be_a_sigmoid_per_class_with_binary_cross_entropy(tmp_path):
+    (tmp_path / "pyproject.toml").write_text("")
+    spec_in(tmp_path)  # a sigmoid over 4 outputs: the right head for multi-label data
+    (softmax,) = problems(tmp_path, head="softmax")
+    assert "pairs.yaml:19:" in softmax and "model.layers[4]" in softmax, softmax
+    (ce,) = problems(tmp_path, overrides=["train.loss=cross_entropy"])
+    assert "train.loss: multi-label data takes binary cross-entropy" in ce
+    (names,) = problems(tmp_path, units=3, overrides=["data.label_names=[a, b, c, d]"])
+    assert "data.label_names: the model has 3 outputs but data.label_names lists 4" in names
+
+
+def test_label_fields_need_multi_label_and_an_image_folder(tmp_path):
+    (tmp_path / "pyproject.toml").write_text("")
+    found = "\n".join(problems(tmp_path, units=1, overrides=["data.multi_label=false"]))
+    assert "pairs.yaml:6:" in found and "data.labels_file: labels_file is for multi-label" in found
+    assert "data.test_labels_file" in found
+    found = "\n".join(problems(tmp_path, overrides=["data.labels_file=null"]))
+    assert "data.multi_label: multi_label needs labels_file" in found

@@ -161,3 +161,27 @@ def _run(root: Path):
     from pipeline.run import Run
 
     return Run(root / "runs" / "val")
+
+
+def test_multi_label_targets_mix_per_class():
+    x, _ = batch(6)
+    y = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1], [1, 0, 0], [0, 1, 1]])
+    a = AugmentSection.model_validate({"mixup": {"alpha": 0.4}})
+    out, target, dominant = BatchMixer(a, 3, multi_label=True, seed=0, rank=0)(x, y, 0, 0)
+    lam = target[1, 1].item()  # class 1: in sample 1, not in its partner (sample 0)
+    torch.testing.assert_close(target, lam * y.float() + (1 - lam) * y.roll(1, 0).float())
+    torch.testing.assert_close(out, lam * x + (1 - lam) * x.roll(1, 0))
+    assert torch.equal(dominant, (target >= 0.5).long())
+
+
+def test_bad_mix_settings_are_located():
+    from pipeline.spec import SpecError
+
+    with pytest.raises(SpecError) as err:
+        mnist("bad", "{mixup: {alpah: 0.2}, cutmix: {alpha: 0}}")
+    text = "\n".join(p.format(source=False) for p in err.value.problems)
+    assert "augment.mixup.alpah: unknown key" in text and "did you mean 'alpha'?" in text
+    assert "augment.cutmix.alpha" in text and "greater than 0" in text
+    spec = mnist("idle", "{switch_prob: 0.3}")
+    (warning,) = [p for p in spec.warnings if p.code == "batch-mix"]
+    assert warning.path == ("augment", "switch_prob") and warning.mark is not None

@@ -253,7 +253,7 @@ def metadata(spec: Spec, model: nn.Module, prepared_meta: dict[str, Any]) -> dic
         "output_activation": getattr(model, "output_activation", None),
         "input_name": INPUT_NAME,
         "output": "logits",
-    }
+    } | ({"threshold": spec.evaluate.threshold} if spec.data.multi_label else {})
 
 
 # ---- export --------------------------------------------------------------------------------

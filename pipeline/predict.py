@@ -155,7 +155,9 @@ def load_source(
 # ---- predict -------------------------------------------------------------------------------
 
 
-def _entry(file: str, classes: list[str], p: torch.Tensor, spread: float | None) -> dict[str, Any]:
+def _entry(
+    file: str, classes: list[str], p: torch.Tensor, spread: float | None, threshold: float | None
+) -> dict[str, Any]:
     top = p.topk(min(TOP, len(p)))
     out: dict[str, Any] = {
         "file": file,
@@ -168,6 +170,8 @@ def _entry(file: str, classes: list[str], p: torch.Tensor, spread: float | None)
     }
     if spread is not None:
         out["spread"] = spread
+    if threshold is not None:  # multi-label: every class whose sigmoid reaches the threshold
+        out["labels"] = [classes[i] for i in torch.nonzero(p >= threshold).flatten().tolist()]
     return out
 
 
@@ -184,7 +188,8 @@ def predict_files(
     last, and prepared meta) or an exported ``.pt``/``.onnx`` (metadata inside).
 
     Each result: ``file``, ``class``, ``probability``, ``probabilities`` (top 5, class ->
-    probability, best first), ``error`` (None, or why the file could not be read: then the
+    probability, best first), multi-label: ``labels`` (the classes at or above
+    ``evaluate.threshold``), ``error`` (None, or why the file could not be read: then the
     class fields are None and the other files are still classified). ``mc_samples > 0`` (spec
     only): the mean over that many passes with dropout active, and ``spread`` (the std over
     passes of the predicted class's probability). ``trust``: load a TorchScript file that this
@@ -239,6 +244,6 @@ def predict_files(
         else:
             p = probs(x)
         for (i, _), row, s in zip(chunk, p, spreads, strict=True):
-            results[i] = _entry(str(paths[i]), classes, row, s)
+            results[i] = _entry(str(paths[i]), classes, row, s, meta.get("threshold"))
         done += len(chunk)
     return [r for r in results if r is not None]

@@ -16,6 +16,7 @@ from PIL import Image
 from pipeline.data.prepare import prepare
 from pipeline.data.raw import DataError
 from pipeline.evaluate import evaluate
+from pipeline.predict import predict_files
 from pipeline.spec import SpecError, load_spec
 from pipeline.train.loop import train
 from pipeline.train.multilabel import counts, scores
@@ -109,6 +110,15 @@ def test_pairs_of_digits_train_to_a_micro_f1(project):
     assert {"precision/d0", "recall/d0", "f1/d0", "test_macro_f1", "test_subset_accuracy"} <= set(
         json.loads((project / "runs" / "pairs" / "metrics.json").read_text())
     )
+    files = sorted((project / "data" / "test").glob("*.png"))[:20]
+    truth = dict(
+        line.split(",") for line in (project / "data" / "test.csv").read_text().splitlines()[1:]
+    )
+    got = predict_files(project / "pairs.yaml", files)
+    for entry in got:  # predict names every class at or above the threshold
+        assert entry["labels"] == sorted(c for c, p in entry["probabilities"].items() if p >= 0.5)
+    right = sum(e["labels"] == truth[Path(e["file"]).name].split() for e in got)
+    assert right >= 12, got  # about 72% of the test pairs have every class right
 
 
 def test_the_metrics_by_hand():

@@ -106,6 +106,9 @@ def _problems(meta: dict[str, Any]) -> list[str]:
             f"output_activation must be null or one of {', '.join(ACTIVATIONS)}, "
             f"got {meta['output_activation']!r:.40}"
         )
+    threshold = meta.get("threshold", 0.5)  # multi-label exports only
+    if not (isinstance(threshold, float) and 0 < threshold < 1):
+        out.append(f"threshold must be a number between 0 and 1, got {threshold!r:.40}")
     return out
 
 

@@ -181,3 +181,15 @@ def test_label_fields_need_multi_label_and_an_image_folder(tmp_path):
     assert "data.test_labels_file" in found
     found = "\n".join(problems(tmp_path, overrides=["data.labels_file=null"]))
     assert "data.multi_label: multi_label needs labels_file" in found
+
+
+def test_an_export_with_a_bad_threshold_is_refused_before_predicting(tmp_path):
+    from pipeline.export_check import METADATA_FORMAT, ExportFileError, parse_metadata
+
+    meta = {
+        "format": METADATA_FORMAT, "classes": ["a", "b"], "image_shape": [1, 28, 56],
+        "resize": "pil_bilinear", "mean": [0.0], "std": [1.0], "output_activation": "sigmoid",
+    }  # fmt: skip
+    assert parse_metadata(json.dumps(meta | {"threshold": 0.4}), tmp_path)["threshold"] == 0.4
+    with pytest.raises(ExportFileError, match="threshold must be a number between 0 and 1"):
+        parse_metadata(json.dumps(meta | {"threshold": "high"}), tmp_path)

@@ -213,7 +213,8 @@ def _offline_augment(spec: Spec, train: sel.Split, note: Callable[[str], None]) 
     x, y = train
     factor = spec.augment.factor
     note(f"offline augmentation: {factor} augmented copies of each of {len(y)} training images")
-    return offline_augment(x, spec.augment, spec.seed), y.repeat(1 + factor)
+    copies = (1 + factor, *([1] * (y.ndim - 1)))  # multi-hot rows repeat whole
+    return offline_augment(x, spec.augment, spec.seed), y.repeat(copies)
 
 
 def build_splits(raw: RawData, spec: Spec) -> tuple[dict[str, sel.Split], list[int]]:

@@ -193,3 +193,17 @@ def test_an_export_with_a_bad_threshold_is_refused_before_predicting(tmp_path):
     assert parse_metadata(json.dumps(meta | {"threshold": 0.4}), tmp_path)["threshold"] == 0.4
     with pytest.raises(ExportFileError, match="threshold must be a number between 0 and 1"):
         parse_metadata(json.dumps(meta | {"threshold": "high"}), tmp_path)
+
+
+def test_offline_copies_keep_their_multi_hot_labels(project):
+    spec = spec_in(
+        project,
+        overrides=[
+            "augment.mode=offline",
+            "augment.factor=1",
+            "augment.transforms=[{type: shift, width: 0.1}]",
+        ],
+    )
+    x, y = prepare(spec).split("train")
+    assert y.shape == (1020, 4) and torch.equal(y[:510], y[510:])
+    assert not torch.equal(x[:510], x[510:])  # the copies are shifted, their labels the same

@@ -28,6 +28,13 @@ def _multi_label(spec: Spec) -> Iterator[Problem]:
                     f"{key} is for multi-label data", ("data", key), hint="set multi_label: true"
                 )
         return
+    names = d.label_names or []
+    if len(set(names)) != len(names) or d.label_names == [] or len(names) == 1:
+        yield Problem(
+            "label_names needs two or more classes, each once",
+            ("data", "label_names"),
+            hint="one class is a binary task: single-label data with one sigmoid output",
+        )
     if d.dataset != "image_folder":
         yield Problem(
             f"multi-label data is read from an image folder with a labels file, not {d.dataset}",

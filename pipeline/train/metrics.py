@@ -111,6 +111,11 @@ def training_targets(spec: Spec, prepared: Any, world: Any) -> tuple[Any, Any, A
     from pipeline.train.multilabel import MultiLabelMetrics
 
     multi, units, classes = spec.data.multi_label, output_units(spec), prepared.classes
+    if multi and units != len(classes):  # the classes come from the labels file, known only now
+        raise ConfigurationError(
+            f"the model has {units} outputs but the labels file names {len(classes)} classes "
+            f"({', '.join(classes)}): give the last layer {len(classes)} units, one per class"
+        )
     mixer = BatchMixer(spec.augment, units, multi_label=multi, seed=spec.seed, rank=world.rank)
 
     def metrics(on: torch.device) -> Any:

@@ -207,3 +207,12 @@ def test_offline_copies_keep_their_multi_hot_labels(project):
     x, y = prepare(spec).split("train")
     assert y.shape == (1020, 4) and torch.equal(y[:510], y[510:])
     assert not torch.equal(x[:510], x[510:])  # the copies are shifted, their labels the same
+
+
+def test_a_head_of_the_wrong_width_is_one_message_once_the_classes_are_known(project):
+    from pipeline.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="the model has 3 outputs but the labels file"):
+        train(spec_in(project, units=3), log=quiet)
+    (twice,) = problems(project, overrides=["data.label_names=[d0, d0, d1, d2]"])
+    assert "data.label_names: label_names needs two or more classes, each once" in twice

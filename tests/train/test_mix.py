@@ -119,28 +119,40 @@ def test_soft_targets_take_label_smoothing_like_class_indices():
 @pytest.fixture
 def workdir(tmp_path: Path, mirror: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PIPELINE_DATA_CACHE", str(tmp_path / "cache"))
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory):
+    """The MNIST subset both runs train on, prepared once (the mix is no part of the data)."""
+    import os
+
+    from pipeline.data.prepare import prepare
+    from tests.conftest import MIRROR
+
+    if not (MIRROR / "MNIST" / "raw").is_dir():
+        why = f"dataset mirror {MIRROR} is missing (set PIPELINE_DATA_MIRROR)"
+        pytest.fail(why) if os.environ.get("CI") else pytest.skip(why)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PIPELINE_DATA_MIRROR", str(MIRROR))
+        return prepare(mnist("data", "{}"), tmp_path_factory.mktemp("prepared"))
 
 
 def mnist(name: str, mix: str, epochs: int = 2):
     return load_spec_text(MLP.format(name=name, epochs=epochs, mix=mix))
 
 
-def test_a_tiny_mnist_run_with_mixup_and_cutmix_trains(workdir):
+def test_a_tiny_mnist_run_with_mixup_and_cutmix_trains(workdir, prepared):
     spec = mnist("mixed", "{mixup: {alpha: 0.2}, cutmix: {alpha: 1.0}}", epochs=3)
-    result = train(spec, log=quiet)
+    result = train(spec, prepared=prepared, log=quiet)
     first, last = result.history[0], result.history[-1]
     assert last["val_accuracy"] >= 0.8, last  # 800 training images, 3 epochs: 0.845
     assert last["loss"] < first["loss"]
     assert 0 < last["accuracy"] <= 1  # against the dominant label
 
 
-def test_validation_batches_are_never_mixed(workdir):
-    from pipeline.data.prepare import prepare
-
+def test_validation_batches_are_never_mixed(workdir, prepared):
     spec = mnist("val", "{mixup: {alpha: 1.0}, mix_prob: 1.0}", epochs=1)
-    prepared = prepare(spec)
     trainer = Trainer(spec, prepared, run=_run(workdir), log=quiet)
     seen: list[torch.Tensor] = []
     mix = trainer.mix

@@ -63,8 +63,6 @@ data:
   validation: {{fraction: 0.15}}
 model:
   layers:
-    - {{type: conv2d, filters: 8, kernel_size: 3, activation: relu}}
-    - {{type: max_pool2d}}
     - {{type: flatten}}
     - {{type: dense, units: 64, activation: relu}}
     - {{type: dense, units: {units}, activation: {head}}}
@@ -167,7 +165,7 @@ def test_the_head_must_be_a_sigmoid_per_class_with_binary_cross_entropy(tmp_path
     (tmp_path / "pyproject.toml").write_text("")
     spec_in(tmp_path)  # a sigmoid over 4 outputs: the right head for multi-label data
     (softmax,) = problems(tmp_path, head="softmax")
-    assert "pairs.yaml:19:" in softmax and "model.layers[4]" in softmax, softmax
+    assert "pairs.yaml:17:" in softmax and "model.layers[2]" in softmax, softmax
     (ce,) = problems(tmp_path, overrides=["train.loss=cross_entropy"])
     assert "train.loss: multi-label data takes binary cross-entropy" in ce
     (names,) = problems(tmp_path, units=3, overrides=["data.label_names=[a, b, c, d]"])

@@ -197,3 +197,15 @@ def test_bad_mix_settings_are_located():
     spec = mnist("idle", "{switch_prob: 0.3}")
     (warning,) = [p for p in spec.warnings if p.code == "batch-mix"]
     assert warning.path == ("augment", "switch_prob") and warning.mark is not None
+
+
+def test_a_resumed_run_mixes_as_the_uninterrupted_one(workdir, prepared):
+    mix = "{mixup: {alpha: 0.4}, cutmix: {alpha: 1.0}, mix_prob: 0.8}"
+    full = train(mnist("full", mix, epochs=2), prepared=prepared, log=quiet)
+    train(mnist("resumed", mix, epochs=1), prepared=prepared, log=quiet)
+    resumed = train(mnist("resumed", mix, epochs=2), prepared=prepared, resume=True, log=quiet)
+    for (k, a), b in zip(
+        full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), k
+    assert resumed.history[-1]["loss"] == full.history[-1]["loss"]

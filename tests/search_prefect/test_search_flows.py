@@ -303,3 +303,77 @@ def test_a_worker_on_another_study_stops_and_the_search_names_its_run(
     assert not (b / "runs").exists()  # the stray worker trained nothing, made no study
     shared_trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{shared}/study.db")
     assert shared_trials.get_trials() == []
+
+
+def test_ctrl_c_in_a_pool_search_cancels_its_worker_runs_and_the_next_run_goes_on(
+    server, tmp_path: Path, mirror: Path
+):
+    import signal
+
+    from prefect.client.schemas.objects import StateType
+
+    search = {
+        "overrides": ["train.epochs=30"],  # long trials: Ctrl-C lands in the middle of one
+        "space": {"train.batch_size": {"type": "choice", "values": [16, 32]}},
+        "sampler": {"type": "random", "seed": 0},
+        "budget": {"trials": 2},
+    }
+    a = make_project(tmp_path / "a", search)
+    env = environment(server, tmp_path, mirror)
+    _run([sys.executable, "-m", "pipeline", "deploy", "--pool", POOL], env, cwd=a)
+    log = open(a / "worker.log", "wb")  # noqa: SIM115 - closed below
+    worker = subprocess.Popen(  # the worker runs in the same folder: the study's SQLite file
+        [*PREFECT, "worker", "start", "--pool", POOL],
+        cwd=a,
+        env=env | {"PIPELINE_PROJECT": str(a), "PREFECT_WORKER_QUERY_SECONDS": "1"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        coordinator = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "search", "searches/tiny.yaml", "--pool", POOL],
+            cwd=a,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        history = a / "runs" / "tiny" / "trials" / "0000" / "history.csv"
+        deadline = time.monotonic() + 180
+        while not history.is_file():  # the worker's trial is in the middle of its training
+            assert coordinator.poll() is None, coordinator.stdout.read()
+            assert time.monotonic() < deadline, "no trial trained an epoch in 180 s"
+            time.sleep(0.5)
+        coordinator.send_signal(signal.SIGINT)
+        out, _ = coordinator.communicate(timeout=120)
+        assert coordinator.returncode == 130, out
+        assert "interrupted by SIGINT" in out and "Traceback" not in out
+        assert "-m pipeline search searches/tiny.yaml" in out  # the same command goes on
+
+        with client_of(server) as client:  # the worker's run is stopped, not left training
+            deadline = time.monotonic() + 120
+            while True:
+                (run,) = runs_of(client, "search-worker")
+                if run.state.is_final():
+                    break
+                assert time.monotonic() < deadline, run.state
+                time.sleep(1)
+        assert run.state.type == StateType.CANCELLED, run.state
+    finally:
+        _stop(worker)
+        log.close()
+
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{a / 'runs/tiny/study.db'}")
+    (stopped,) = study.get_trials()
+    assert stopped.state != optuna.trial.TrialState.COMPLETE
+    # the next run (without the pool; 1 epoch a trial, to be quick) retries it, within budget
+    make_project(tmp_path / "again", {**search, "overrides": ["train.epochs=1"]})
+    (a / "searches" / "tiny.yaml").write_bytes((tmp_path / "again/searches/tiny.yaml").read_bytes())
+    search_cli(a, env | {"PIPELINE_ORCHESTRATION": "off"})
+    trials = study.get_trials()
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 2 and any(t.user_attrs.get("retry_of") == 0 for t in done), [
+        (t.number, t.state.name, t.user_attrs) for t in trials
+    ]

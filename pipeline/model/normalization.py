@@ -15,8 +15,11 @@ class ChannelLayerNorm(nn.LayerNorm):
     LayerNormalization(axis=-1) computes on NHWC, without keeping a channels-last copy."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.layer_norm(x.movedim(1, -1), self.normalized_shape, self.weight, self.bias, self.eps)
-        return y.movedim(-1, 1)
+        # explicit permutations: ONNX rejects the negative axis movedim(-1, 1) exports
+        y = F.layer_norm(
+            x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps
+        )
+        return y.permute(0, 3, 1, 2)
 
 
 @LAYER_BUILDERS.register(LayerNorm)

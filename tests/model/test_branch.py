@@ -3,8 +3,12 @@ added; its layers are named, summarized, counted and selected like a residual's.
 
 from __future__ import annotations
 
+import json
+
+import pytest
 import torch
 
+from pipeline.export import export
 from pipeline.model import build_model, summarize
 from pipeline.spec.footprint import footprint
 from pipeline.spec.selectors import selectable
@@ -103,3 +107,37 @@ def test_freezing_a_layer_inside_a_branch_freezes_only_it(spec_of):
         "dense_1.dense.weight",
         "dense_1.dense.bias",
     }
+
+
+NEW_KINDS = """\
+    - {type: conv2d, filters: 4, kernel_size: 3, padding: same}
+    - type: branch
+      branches:
+        - [{type: separable_conv2d, filters: 4, kernel_size: 3, padding: same,
+            batch_norm: before}]
+        - [{type: depthwise_conv2d, kernel_size: 3, depth_multiplier: 2, stride: 2,
+            padding: same}, {type: upsample, scale_factor: 2, mode: bilinear}]
+    - {type: group_norm, groups: 3}
+    - {type: layer_norm}
+    - {type: global_avg_pool2d}
+    - {type: dense, units: 3, activation: softmax}
+"""
+
+
+def test_the_new_kinds_export_to_onnx_with_batch_norm_folded(tmp_path):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from tests.test_export import META, build, inputs, spec_of
+
+    model = build(NEW_KINDS)
+    paths = export(
+        spec_of(NEW_KINDS), model, tmp_path, ["onnx"], fold=True, prepared_meta=META, latency=False
+    )
+    report = json.loads(paths["metadata"].read_text())["fold"]
+    assert report["folded"] == ["branch_1.branches.0.separable_conv2d_1.bn"]
+    session = ort.InferenceSession(str(paths["onnx"]), providers=["CPUExecutionProvider"])
+    x = inputs(5)
+    (got,) = session.run(None, {"input": x.numpy()})
+    with torch.inference_mode():
+        want = model(x)
+    assert float((torch.from_numpy(got) - want).abs().max()) < 1e-4

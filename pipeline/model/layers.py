@@ -56,7 +56,7 @@ def weighted_block(
     return M.WeightedBlock(parts, core)
 
 
-def window_padding(layer: ConvWindow, parts: OrderedDict[str, nn.Module]) -> Any:
+def window_padding(layer: Conv2D | ConvWindow, parts: OrderedDict[str, nn.Module]) -> Any:
     """The ``padding`` argument of the layer's nn.Conv2d; for a strided 'same' window a
     SamePad2d goes into ``parts`` first (torch's padding='same' refuses strides), padding the
     TF way (the odd pixel at the bottom/right)."""

@@ -93,7 +93,8 @@ class WeightedLayer(LayerBase):
 
 
 class ConvWindow(WeightedLayer):
-    """The sliding window of conv2d and its depthwise/separable variants."""
+    """The sliding window of the depthwise and separable convolutions (conv2d declares the
+    same fields itself, after ``filters``, so that its resolved specs keep their key order)."""
 
     kernel_size: IntPair
     stride: IntPair = 1
@@ -102,7 +103,7 @@ class ConvWindow(WeightedLayer):
     dilation: IntPair = 1
 
 
-def conv_window(layer: ConvWindow, h: int, w: int) -> tuple[int, int]:
+def conv_window(layer: Conv2D | ConvWindow, h: int, w: int) -> tuple[int, int]:
     """The output height and width of ``layer``'s window on an h x w map; ShapeError when the
     kernel does not fit."""
     (kh, kw), (sh, sw), (dh, dw) = pair(layer.kernel_size), pair(layer.stride), pair(layer.dilation)
@@ -118,12 +119,17 @@ def conv_window(layer: ConvWindow, h: int, w: int) -> tuple[int, int]:
 
 
 @LAYERS.register
-class Conv2D(ConvWindow):
+class Conv2D(WeightedLayer):
     """2-D convolution; a 1x1 kernel mixes channels without looking at neighbours."""
 
     type: Literal["conv2d"] = "conv2d"
     filters: Size
     """Output channels."""
+    kernel_size: IntPair
+    stride: IntPair = 1
+    padding: Padding = "valid"
+    """'valid' (none), 'same' (output = ceil(input / stride), as Keras), or pixels per side."""
+    dilation: IntPair = 1
     groups: Size = 1
     """Channel groups; filters and input channels must both divide by it."""
 

@@ -25,6 +25,7 @@ from pipeline.spec.layers import (
     SpatialDropout2D,
     WeightedLayer,
 )
+from pipeline.spec.normalization import GroupNorm, LayerNorm
 from pipeline.spec.optim import Adam, ReduceOnPlateau
 from pipeline.spec.selectors import resolve, selectable
 from pipeline.spec.shapes import LayerShapeError, infer_shapes, named_layers
@@ -106,6 +107,10 @@ def _output_units(spec: Spec) -> Iterator[Problem]:
     )
 
 
+NORMS = (BatchNorm, LayerNorm, GroupNorm)
+"""Normalization layers: they replace SELU's self-normalization."""
+
+
 @check("selu-self-normalizing")
 def _selu(spec: Spec) -> Iterator[Problem]:
     """SELU self-normalizes only with lecun_normal init, alpha dropout and a plain stack."""
@@ -142,7 +147,7 @@ def _selu(spec: Spec) -> Iterator[Problem]:
                 (*path, "type"),
                 "use type: alpha_dropout",
             )
-        if layer.child_keys or isinstance(layer, BatchNorm):
+        if layer.child_keys or layer.child_list_keys or isinstance(layer, NORMS):
             kind = layer.type_name
             yield _warn(
                 f"SELU self-normalizes only in a plain sequential stack, not with {kind}", path

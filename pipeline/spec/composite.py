@@ -1,16 +1,18 @@
-"""Layers made of layers: residual blocks, named blocks, pretrained backbones, reused models."""
+"""Layers made of layers: residual blocks, branches, named blocks, pretrained backbones, reused
+models."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 
+from pipeline.spec import normalization, spatial  # noqa: F401  (registered before the union)
 from pipeline.spec.activations import ActivationField
 from pipeline.spec.base import LAYERS, PositiveInt, StrictModel
 from pipeline.spec.layers import LayerBase, Shape, ShapeError, fmt, need_map
-from pipeline.spec.shapes import infer_shapes
+from pipeline.spec.shapes import LayerShapeError, infer_shapes
 
 
 @LAYERS.register
@@ -49,6 +51,52 @@ class Residual(LayerBase):
 
     def projects(self, shape: Shape, out: Shape) -> bool:
         return self.shortcut == "projection" or (self.shortcut == "auto" and out != shape)
+
+
+@LAYERS.register
+class Branch(LayerBase):
+    """Inception-style: run each layer list on the same input, then concatenate the outputs on
+    the channels (or features) or add them. An empty list passes the input through."""
+
+    type: Literal["branch"] = "branch"
+    branches: Annotated[list[list[LayerSpec]], Field(min_length=2)]  # type: ignore[valid-type]
+    """The parallel layer lists, each applied to the input."""
+    merge: Literal["concat", "add"] = "concat"
+    """concat: stack the outputs' channels (equal heights and widths needed); add: sum them
+    (equal shapes needed)."""
+    activation: ActivationField | None = None
+    """Applied after the merge."""
+
+    child_list_keys: ClassVar[tuple[str, ...]] = ("branches",)
+
+    def branch_shapes(self, shape: Shape) -> list[Shape]:
+        """Each branch's output shape (the input for an empty one)."""
+        return [
+            infer_shapes(b, shape, path=("branches", j))[-1] if b else shape
+            for j, b in enumerate(self.branches)
+        ]
+
+    def output_shape(self, shape: Shape) -> Shape:
+        outs = self.branch_shapes(shape)
+        first = outs[0]
+        for j, out in enumerate(outs[1:], start=1):
+            if self.merge == "add" and out != first:
+                raise LayerShapeError(
+                    ("branches", j),
+                    f"add needs equal shapes: branch 0 gives {fmt(first)}, branch {j} gives "
+                    f"{fmt(out)}",
+                    "make the branches end in the same shape, or merge: concat",
+                )
+            if self.merge == "concat" and (len(out) != len(first) or out[1:] != first[1:]):
+                raise LayerShapeError(
+                    ("branches", j),
+                    f"concat needs equal spatial sizes: branch 0 gives {fmt(first)}, branch {j} "
+                    f"gives {fmt(out)}",
+                    "give the branches the same strides and padding (padding: same keeps sizes)",
+                )
+        if self.merge == "add":
+            return first
+        return (sum(out[0] for out in outs), *first[1:])
 
 
 @LAYERS.register
@@ -216,3 +264,4 @@ class Reuse(LayerBase):
 
 LayerSpec = LAYERS.union()
 Residual.model_rebuild()
+Branch.model_rebuild()

@@ -62,6 +62,27 @@ def search_cli(project: Path, env: dict[str, str], *args: str, timeout: float = 
 
 
 @contextlib.contextmanager
+def worker_in(folder: Path, env: dict[str, str], *args: str, **more_env: str):
+    """A real `prefect worker start --pool POOL` process in ``folder`` (its project), its output
+    in ``folder/worker.log``; stopped, with all it started, on leaving."""
+    with open(folder / "worker.log", "wb") as log:
+        worker = subprocess.Popen(
+            [*PREFECT, "worker", "start", "--pool", POOL, *args],
+            cwd=folder,
+            env=env
+            | {"PIPELINE_PROJECT": str(folder), "PREFECT_WORKER_QUERY_SECONDS": "1", **more_env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            yield worker
+        finally:
+            _stop(worker)
+
+
+@contextlib.contextmanager
 def client_of(server_env: dict[str, str]):
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -141,26 +162,13 @@ def test_two_process_workers_in_two_folders_share_one_study_through_a_pool(
     env = environment(server, tmp_path, mirror)
     _run([sys.executable, "-m", "pipeline", "deploy", "--pool", POOL], env, cwd=a)
 
-    workers, logs = [], []
-    try:
-        for folder in (a, b):  # each worker trains in its own copy of the project
-            logs.append(open(folder / "worker.log", "wb"))  # noqa: SIM115 - closed below
-            workers.append(
-                subprocess.Popen(
-                    [*PREFECT, "worker", "start", "--pool", POOL, "--limit", "1"],
-                    cwd=folder,
-                    env=env
-                    | {
-                        "PIPELINE_PROJECT": str(folder),
-                        "PREFECT_WORKER_QUERY_SECONDS": "1",
-                        "PREFECT_WORKER_PREFETCH_SECONDS": "1",
-                    },
-                    stdout=logs[-1],
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
+    with contextlib.ExitStack() as stack:
+        workers = [  # each worker trains in its own copy of the project
+            stack.enter_context(
+                worker_in(folder, env, "--limit", "1", PREFECT_WORKER_PREFETCH_SECONDS="1")
             )
+            for folder in (a, b)
+        ]
         with client_of(server) as client:  # both polling before the runs exist: each takes one
             deadline = time.monotonic() + 120
             while len(client.read_workers_for_work_pool(POOL)) < 2:
@@ -191,11 +199,6 @@ def test_two_process_workers_in_two_folders_share_one_study_through_a_pool(
                 n: client.read_deployment_by_name(f"{n}/local")
                 for n in ("experiment", "search", "search-worker")
             }
-    finally:
-        for worker in workers:
-            _stop(worker)
-        for log in logs:
-            log.close()
 
     trials = optuna.load_study(study_name="tiny", storage=search["storage"]).get_trials()
     assert [t.number for t in trials] == list(range(8)), out
@@ -283,21 +286,8 @@ def test_a_worker_on_another_study_stops_and_the_search_names_its_run(
     assert "the work pool 'elsewhere' has no search-worker deployment" in said
     assert "pipeline deploy --pool elsewhere" in said
 
-    log = open(b / "worker.log", "wb")  # noqa: SIM115 - closed below
-    worker = subprocess.Popen(
-        [*PREFECT, "worker", "start", "--pool", POOL],
-        cwd=b,
-        env=env | {"PIPELINE_PROJECT": str(b), "PREFECT_WORKER_QUERY_SECONDS": "1"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
+    with worker_in(b, env):
         said = search_fails("--pool", POOL)
-    finally:
-        _stop(worker)
-        log.close()
     assert "worker run(s) tiny worker 0 (Failed" in said, said[-3000:]
     assert "is not the one the search's coordinator uses" in said
     assert not (b / "runs").exists()  # the stray worker trained nothing, made no study
@@ -321,17 +311,7 @@ def test_ctrl_c_in_a_pool_search_cancels_its_worker_runs_and_the_next_run_goes_o
     a = make_project(tmp_path / "a", search)
     env = environment(server, tmp_path, mirror)
     _run([sys.executable, "-m", "pipeline", "deploy", "--pool", POOL], env, cwd=a)
-    log = open(a / "worker.log", "wb")  # noqa: SIM115 - closed below
-    worker = subprocess.Popen(  # the worker runs in the same folder: the study's SQLite file
-        [*PREFECT, "worker", "start", "--pool", POOL],
-        cwd=a,
-        env=env | {"PIPELINE_PROJECT": str(a), "PREFECT_WORKER_QUERY_SECONDS": "1"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
+    with worker_in(a, env):  # in the same folder: the study's SQLite file is there
         coordinator = subprocess.Popen(
             [sys.executable, "-m", "pipeline", "search", "searches/tiny.yaml", "--pool", POOL],
             cwd=a,
@@ -361,9 +341,6 @@ def test_ctrl_c_in_a_pool_search_cancels_its_worker_runs_and_the_next_run_goes_o
                 assert time.monotonic() < deadline, run.state
                 time.sleep(1)
         assert run.state.type == StateType.CANCELLED, run.state
-    finally:
-        _stop(worker)
-        log.close()
 
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{a / 'runs/tiny/study.db'}")
     (stopped,) = study.get_trials()

@@ -16,7 +16,7 @@ def _tta_augment(spec: Spec) -> Iterator[Problem]:
     tta = spec.evaluate.tta
     if tta is not None and tta.augment and not spec.augment.transforms:
         yield Problem(
-            f"tta.augment: {tta.augment} applies augment.transforms, and there are none",
+            f"{tta.augment} passes would apply augment.transforms, and there are none",
             ("evaluate", "tta", "augment"),
             hint="add augment.transforms (e.g. [{type: rotation, degrees: 10}]), or tta.augment: 0",
         )

@@ -20,7 +20,7 @@ from sklearn.metrics import (
 )
 
 GRID = np.unique(np.concatenate([np.logspace(-4, 0, 81), np.linspace(0, 1, 101)]))
-"""Where each curve is sampled (182 points): every 0.01, and log-spaced down to 1e-4, where
+"""Where each curve is sampled (179 points): every 0.01, and log-spaced down to 1e-4, where
 a good classifier's ROC curve climbs; a linear grid alone would cut that corner."""
 MICRO, MACRO = "micro avg", "macro avg"
 """The averages' curve names (scikit-learn's classification_report calls them so)."""

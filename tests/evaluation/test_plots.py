@@ -28,7 +28,7 @@ def test_the_confusion_matrix_png_of_100_classes_keeps_names_legible(tmp_path):
     with Image.open(path) as image:
         width, height = image.size
     # two panels side by side; each of the 100 rows gets over 10 pixels, names 7 points or more
-    assert height >= 100 * 10 + 200 and 2 * height < width < 4000
+    assert height >= 100 * 10 + 200 and 1.8 * height < width < 4000
     assert plots._label_size(100, 17) >= 7 and plots._label_size(10, 7.5) == 10
 
 

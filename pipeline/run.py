@@ -121,7 +121,28 @@ class Run:
 
     @property
     def confusion(self) -> Path:
+        """``actual,predicted`` rows, for DVC's confusion template."""
         return self.dir / "confusion.csv"
+
+    @property
+    def confusion_png(self) -> Path:
+        """The confusion matrix for people: counts and row-normalized, class names on the axes."""
+        return self.dir / "confusion.png"
+
+    @property
+    def roc(self) -> Path:
+        """ROC curves (``curve,fpr,tpr``: per class, micro and macro), a DVC plot."""
+        return self.dir / "roc.csv"
+
+    @property
+    def pr(self) -> Path:
+        """Precision-recall curves (``curve,recall,precision``), a DVC plot."""
+        return self.dir / "pr.csv"
+
+    @property
+    def roc_pr_png(self) -> Path:
+        """The ROC and precision-recall curves, with their areas, for people."""
+        return self.dir / "roc_pr.png"
 
     @property
     def curves(self) -> Path:
@@ -171,6 +192,10 @@ class Run:
         return [
             self.metrics,
             self.confusion,
+            self.confusion_png,
+            self.roc,
+            self.pr,
+            self.roc_pr_png,
             self.curves,
             self.mc_uncertain(".json"),
             self.mc_uncertain(".png"),

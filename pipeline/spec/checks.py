@@ -348,4 +348,5 @@ def _output_activation(spec: Spec) -> Iterator[Problem]:
         )
 
 
-from pipeline.spec import checks_train  # noqa: E402, F401  (registers the training checks)
+# registers the training and the evaluate section's checks
+from pipeline.spec import checks_evaluate, checks_train  # noqa: E402, F401

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 
 from pipeline.spec.base import PositiveFloat, PositiveInt, StrictModel
+from pipeline.spec.evaluate import TTA
 from pipeline.spec.optim import OptimizerSpec, ScheduleSpec
 
 MAX_EPOCHS = 10_000
@@ -167,6 +168,16 @@ class EvaluateSection(StrictModel):
     per_class: bool = True
     """Per-class precision, recall and F1."""
     confusion_matrix: bool = True
+    """``confusion.csv`` (for DVC's confusion template) and ``confusion.png`` (counts and
+    row-normalized, class names on the axes)."""
+    curves: bool = True
+    """ROC and precision-recall curves, one-vs-rest per class with micro and macro averages:
+    ``roc.csv`` and ``pr.csv`` (DVC plots), ``roc_pr.png``, and their areas in metrics.json
+    (``roc_auc_macro``, ``roc_auc_micro``, ``pr_auc_macro``, ``pr_auc_micro``; per class with
+    ``per_class``)."""
+    tta: TTA | None = None
+    """Test-time augmentation, e.g. ``{flip: true, augment: 4}``: the averaged prediction's
+    metrics are added with a ``tta_`` prefix (the plain ones are unchanged)."""
     mc_dropout: MCDropout | None = None
     calibration_bins: Annotated[int, Field(ge=2)] = 15
     """Bins of the expected calibration error."""

@@ -45,10 +45,12 @@ def train_samples(spec: Spec) -> int | None:
 
 
 def steps_per_epoch(spec: Spec) -> int | None:
+    """Optimizer steps of an epoch: its batches, one step per train.accumulate of them."""
     n, size = train_samples(spec), spec.train.batch_size
     if n is None:
         return None
-    return n // size if spec.train.drop_last else math.ceil(n / size)
+    batches = n // size if spec.train.drop_last else math.ceil(n / size)
+    return math.ceil(batches / spec.train.accumulate)
 
 
 # ---- memory --------------------------------------------------------------------------------
@@ -267,4 +269,39 @@ def _best_checkpoint(spec: Spec) -> Iterator[Problem]:
         yield warn(
             "pipeline predict and export read the best checkpoint, which this spec does not keep",
             ("train", "checkpoint", "best"),
+        )
+
+
+# ---- weight averaging ----------------------------------------------------------------------
+
+
+@check("swa-in-range")
+def _swa(spec: Spec) -> Iterator[Problem]:
+    """train.swa.start_epoch must be an epoch of the run, or nothing would be averaged and
+    evaluate.checkpoint: swa would find no file; evaluate.checkpoint: swa needs train.swa. A
+    run with train.swa that evaluates another checkpoint is warned: the average is its
+    point."""
+    swa, which = spec.train.swa, spec.evaluate.checkpoint
+    if swa is None:
+        if which == "swa":
+            yield Problem(
+                "evaluate.checkpoint: swa reads the weight average that train.swa makes, and "
+                "train.swa is not set",
+                ("evaluate", "checkpoint"),
+                hint="set train.swa: {start_epoch: ..., lr: ...}, or evaluate.checkpoint: best",
+            )
+        return
+    epochs = sum(p.epochs for p in _phases(spec))
+    if swa.start_epoch > epochs:
+        yield Problem(
+            f"swa.start_epoch {swa.start_epoch} is after the run's last epoch ({epochs}): no "
+            "weights would be averaged",
+            ("train", "swa", "start_epoch"),
+            hint=f"use a start_epoch from 1 to {epochs} (often the last quarter of the run)",
+        )
+    elif which != "swa":
+        yield warn(
+            f"train.swa averages the weights, but evaluate reads the {which} checkpoint",
+            ("evaluate", "checkpoint"),
+            hint="set evaluate.checkpoint: swa",
         )

@@ -90,9 +90,13 @@ class WeightSWA:
                 anneal_strategy=c.anneal_strategy,
             )  # fmt: skip
 
+    @torch.no_grad()
     def end_epoch(self, model: nn.Module) -> None:
-        """After an averaged epoch: its weights into the average, the next epoch's rate."""
+        """After an averaged epoch: its weights into the average (its buffers taken as they
+        are), the next epoch's rate."""
         self.average.update_parameters(model)
+        for mine, theirs in zip(self.average.module.buffers(), model.buffers(), strict=True):
+            mine.copy_(theirs)
         assert self.swalr is not None  # begin() made it
         self.swalr.step()
 
@@ -100,14 +104,11 @@ class WeightSWA:
     def averaged(self) -> int:
         return int(self.average.n_averaged.item())
 
-    def finish(self, model: nn.Module, loader: Any) -> nn.Module:
-        """The average with the model's buffers and batch-norm statistics recomputed over one
-        pass of ``loader`` (update_bn; the weights trained with the model's own)."""
-        module = self.average.module
-        for mine, theirs in zip(module.buffers(), model.buffers(), strict=True):
-            mine.copy_(theirs)
+    def finish(self, loader: Any) -> nn.Module:
+        """The average with its batch-norm statistics recomputed over one pass of ``loader``
+        (update_bn)."""
         update_bn(loader, self.average)
-        return module.eval()
+        return self.average.module.eval()
 
     def state_dict(self) -> dict[str, Any]:
         return {

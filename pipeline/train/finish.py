@@ -22,7 +22,7 @@ def finish_swa(t: Any) -> dict[str, Any] | None:
             f"{swa.cfg.start_epoch}: nothing was averaged, no {path}"
         )
         return None
-    model = swa.finish(t.model, t.train_loader)
+    model = swa.finish(t.train_loader)
     out: dict[str, Any] = {"averaged_epochs": swa.averaged, "start_epoch": swa.cfg.start_epoch}
     if t.val_loader is not None:
         out.update({f"val_{k}": v for k, v in t.evaluate(t.val_loader, model).items()})

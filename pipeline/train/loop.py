@@ -307,9 +307,9 @@ class Trainer:
                 self.live.end()  # each epoch's files are already written; end() closes
         if self.state.stopped:
             self.log(self.state.stopped)
-        swa = finish_swa(self) if self.swa is not None and self.state.epoch else None
         weights = self._restore_best() if self.main else None
-        if swa is not None:  # the run's result is the average
+        swa = finish_swa(self) if self.swa is not None and self.state.epoch else None
+        if swa is not None:  # the run's result is the average, whatever restore_best took
             weights = {"epoch": self.state.epoch, "restored_best": False, "swa": swa}
         self._write_summary(weights=weights)
         self.world.barrier()  # rank 0's files are written before any rank returns

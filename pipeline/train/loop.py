@@ -491,12 +491,14 @@ def _launch(spec: Spec, *, prepared: Any, out: Path | None, run: Run, resume: bo
         raise _stopped_group(stop.signum, run) from None
     summary = json.loads(run.summary.read_text())
     history = State.from_checkpoint(ckpt.load(run.checkpoint("last"), spec)).history
-    model, _ = ckpt.load_trained(spec, "best" if _restored(summary) else "last", run=run)
+    model, _ = ckpt.load_trained(spec, _ended_with(summary), run=run)
     return TrainResult(model, history, summary.get("best_epoch"), summary.get("stopped"), run.dir)
 
 
-def _restored(summary: dict[str, Any]) -> bool:
-    return bool((summary.get("weights") or {}).get("restored_best"))
+def _ended_with(summary: dict[str, Any]) -> str:
+    """The checkpoint holding the weights the group's run ended with (train.json says)."""
+    weights = summary.get("weights") or {}
+    return "swa" if weights.get("swa") else "best" if weights.get("restored_best") else "last"
 
 
 def _stopped_group(signum: int, run: Run) -> Interrupted:

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.spec import load_spec_text
+from pipeline.spec import load_spec, load_spec_text
 from pipeline.train.epoch import optimizer_steps
 from pipeline.train.loop import train
+from tests.train.test_distributed import close, spec_file, weights
 
 # no batch norm, no dropout, no augmentation: nothing sees a batch alone, so the mean gradient
 # over 4 x 16 samples is the gradient over the 64 of them; a per-step cosine schedule shows
@@ -60,3 +61,16 @@ def test_a_short_last_window_still_steps():
     assert optimizer_steps(20, 4) == 5
     assert optimizer_steps(21, 4) == 6
     assert optimizer_steps(3, 4) == 1
+
+
+def test_two_processes_accumulating_give_the_weights_of_one_large_batch(workdir):
+    # 800 images: 80 global batches of 10 (5 a rank) in windows of 3, the last of 2 (20
+    # images), against 26 batches of 30 and one of 20; the all-reduce waits for each window's
+    # last batch (no_sync)
+    (workdir / "pyproject.toml").write_text("")
+    one = train(load_spec(spec_file(workdir, "one", batch=30)), log=lambda _: None)
+    path = spec_file(workdir, "many", batch=10)
+    many_spec = load_spec(path, ["train.nproc=2", "train.accumulate=3"])
+    many = train(many_spec, log=lambda _: None)
+    close(weights(one.run_dir, many_spec), weights(many.run_dir, many_spec))
+    assert many.history[0]["loss"] == pytest.approx(one.history[0]["loss"], abs=1e-4)

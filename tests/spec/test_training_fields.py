@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline.spec import load_spec
-from pipeline.spec.checks_train import steps_per_epoch
+from pipeline.spec.checks_train import steps_per_epoch, training_need
 from tests.spec.conftest import BASE
 
 
@@ -62,3 +62,12 @@ def test_steps_count_optimizer_steps(write):
     batches = steps_per_epoch(plain)
     assert batches is not None and batches > 4
     assert steps_per_epoch(accumulated) == -(-batches // 4)
+
+
+def test_each_weight_average_counts_a_copy_of_the_weights_in_memory(write):
+    plain = training_need(load_spec(write(train("batch_size: 32"))))
+    both = "swa: {start_epoch: 3, lr: 0.01}, ema: {decay: 0.99}"
+    averaged = training_need(load_spec(write(train(both) + "evaluate: {checkpoint: swa}\n")))
+    assert plain is not None and averaged is not None
+    assert averaged.stored == 3 * plain.stored
+    assert averaged.training == plain.training

@@ -51,11 +51,12 @@ def optimizer_steps(batches: int, accumulate: int) -> int:
     return math.ceil(batches / accumulate)
 
 
-def window_samples(loader: object, step: int, accumulate: int, batches: int) -> int:
-    """Samples (all ranks') of the accumulation window that batch ``step`` belongs to."""
+def window_samples(loader: Any, step: int, accumulate: int, batches: int) -> int:
+    """Samples (all ranks') of the accumulation window that batch ``step`` belongs to (a
+    :class:`~pipeline.data.loader.BatchLoader`'s ``global_batch``)."""
     first = step - step % accumulate
     end = min(first + accumulate, batches)
-    return sum(loader.global_batch(s) for s in range(first, end))  # type: ignore[attr-defined]
+    return sum(loader.global_batch(s) for s in range(first, end))
 
 
 def train_epoch(

@@ -172,5 +172,5 @@ def _tensors(tree, prefix: str = "") -> dict[str, torch.Tensor]:
 
 def test_resuming_a_run_without_the_average_the_spec_now_asks_for_is_a_clear_error(workdir):
     train(mlp("plain", 1), log=quiet)
-    with pytest.raises(ckpt.CheckpointError, match="holds no train.ema average"):
+    with pytest.raises(ckpt.CheckpointError, match=r"holds no train\.ema average"):
         train(mlp("plain", 2, ["train.ema={decay: 0.9}"]), resume=True, log=quiet)

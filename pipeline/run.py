@@ -87,7 +87,8 @@ class Run:
         return self.dir / "checkpoints"
 
     def checkpoint(self, which: str = "best") -> Path:
-        """``best`` (the monitored metric's best epoch) or ``last`` (what resume needs)."""
+        """``best`` (the monitored metric's best epoch), ``last`` (what resume needs) or
+        ``swa`` (train.swa's average)."""
         return self.checkpoints / f"{which}.pt"
 
     @property
@@ -178,7 +179,7 @@ class Run:
         """Remove the temps that writes of training's files killed outright (``kill -9``,
         a lost machine) left behind; call it only holding :meth:`lock`."""
         top = [p.name for p in (self.record, self.history, self.summary, self.diagnostics)]
-        checkpoints = [self.checkpoint(w).name for w in ("best", "last")]
+        checkpoints = [self.checkpoint(w).name for w in ("best", "last", "swa")]
         return atomic.remove_temps(self.dir, top) + atomic.remove_temps(
             self.checkpoints, checkpoints
         )

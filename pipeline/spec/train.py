@@ -66,8 +66,42 @@ class Checkpoint(StrictModel):
     best: bool = True
     """Keep ``best.pt``: early stopping's restore_best, evaluate.checkpoint: best, predict and
     export read it."""
+    keep_top: Annotated[int, Field(ge=1, le=100)] | None = None
+    """Also keep the k best epochs by ``monitor``, each in its own file named with its epoch
+    and value (``top_epoch003_val_loss_0.0412.pt``); a file that falls out of the k best is
+    deleted once the better one is written. train.json lists them, best first."""
 
     _check_monitor = field_validator("monitor")(_monitor)
+
+
+class EMA(StrictModel):
+    """An exponential moving average of the weights (and batch-norm statistics), updated after
+    every optimizer step: ``ema = decay * ema + (1 - decay) * weights``. Validation, the best
+    checkpoint's choice, evaluate, export and predict use the averaged weights; checkpoints
+    hold both, so a resumed run goes on exactly."""
+
+    decay: Annotated[float, Field(gt=0, lt=1)] = 0.999
+    """Per optimizer step; the average spans about 1 / (1 - decay) steps (0.999: ~1000)."""
+    warmup: bool = False
+    """Start with a short memory: step t uses min(decay, (1 + t) / (10 + t)), as TensorFlow's
+    ExponentialMovingAverage with num_updates, so early averages are not dominated by the
+    random initial weights (for runs of a few thousand steps or fewer)."""
+
+
+class SWA(StrictModel):
+    """Stochastic weight averaging (Izmailov et al.; torch.optim.swa_utils): from
+    ``start_epoch`` on, the learning rate anneals to ``lr`` (SWALR) and each epoch's final
+    weights join an equal-weight average; at the end batch-norm statistics are recomputed for
+    the average (update_bn), which is validated and saved as ``checkpoints/swa.pt``
+    (``evaluate.checkpoint: swa`` evaluates it)."""
+
+    start_epoch: Epochs
+    """The first epoch (1-based, counted over all phases) whose weights are averaged."""
+    lr: PositiveFloat
+    """The constant learning rate of the averaging epochs (every parameter group)."""
+    anneal_epochs: Annotated[int, Field(ge=0, le=MAX_EPOCHS)] = 5
+    """Epochs over which the rate moves from the schedule's to ``lr`` (0: at once)."""
+    anneal_strategy: Literal["cos", "linear"] = "cos"
 
 
 class Phase(StrictModel):
@@ -98,6 +132,12 @@ class TrainSection(StrictModel):
     """Ignored when ``phases`` are given (each phase has its own). At most 10,000: at a
     second an epoch nearly three hours; more (``1e9``) would never finish."""
     batch_size: PositiveInt = 64
+    """Samples of one forward pass (the global batch with several processes)."""
+    accumulate: Annotated[int, Field(ge=1, le=1024)] = 1
+    """Gradient accumulation (Lightning's accumulate_grad_batches): one optimizer step per
+    ``accumulate`` batches, the loss scaled so that its gradient is that of the one batch of
+    ``batch_size * accumulate`` samples (exactly, but for batch norm and dropout, which see
+    each batch alone). Schedules, steps and the lr are per optimizer step."""
     loss: Literal["auto", "cross_entropy", "binary_cross_entropy"] = "auto"
     """auto: binary cross-entropy for one output unit, else cross-entropy; both on logits (a
     final softmax/sigmoid layer is applied only at prediction, never twice)."""
@@ -109,6 +149,8 @@ class TrainSection(StrictModel):
     freeze: list[LayerSelector] = []
     """Layers not trained (Keras ``trainable = False``); their batch norm stays in eval mode."""
     phases: list[Phase] = []
+    ema: EMA | None = None
+    swa: SWA | None = None
     device: str = "auto"
     """auto (cuda when present, else cpu), cpu, cuda, or cuda:N."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -158,7 +200,8 @@ class EvaluateSection(StrictModel):
     batch_size: PositiveInt = 256
     """256 rather than larger: the default convnet evaluated fastest at 128-256 on this project's
     CPU (fp32 about 29.5k images/s, 24k at 512, whose activations outgrow the caches)."""
-    checkpoint: Literal["best", "last"] = "best"
+    checkpoint: Literal["best", "last", "swa"] = "best"
+    """Which weights: the best epoch's, the last epoch's, or train.swa's average."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """Inference precision. bf16 runs under autocast on CUDA and on CPUs with native bf16
     (AVX-512 BF16 or AMX; 1.8-2.1x faster for the default convnet on this project's CPU), and

@@ -69,6 +69,12 @@ class RunningMetrics:
             self.topk += hits
         self.count += n
 
+    def running(self) -> str:
+        """This rank's loss and accuracy so far, for the progress bar: one host sync (CUDA)."""
+        n = max(self.count, 1)
+        both = torch.stack([self.loss, self.correct.double()]).tolist()
+        return f"loss {both[0] / n:.4f} acc {both[1] / n:.4f}"
+
     def compute(self, world: Any = None, prefix: str = "") -> dict[str, float]:
         """The metrics so far; with ``world`` (a distributed group) over every rank's part."""
         if world is not None and world.distributed:

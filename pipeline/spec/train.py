@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from pipeline.spec.base import PositiveFloat, PositiveInt, StrictModel
+from pipeline.spec.base import NonNegativeFloat, PositiveFloat, PositiveInt, StrictModel
 from pipeline.spec.optim import OptimizerSpec, ScheduleSpec
 
 MAX_EPOCHS = 10_000
@@ -97,9 +97,26 @@ class TrainSection(StrictModel):
     """Ignored when ``phases`` are given (each phase has its own). At most 10,000: at a
     second an epoch nearly three hours; more (``1e9``) would never finish."""
     batch_size: PositiveInt = 64
-    loss: Literal["auto", "cross_entropy", "binary_cross_entropy"] = "auto"
+    loss: Literal["auto", "cross_entropy", "binary_cross_entropy", "focal"] = "auto"
     """auto: binary cross-entropy for one output unit, else cross-entropy; both on logits (a
-    final softmax/sigmoid layer is applied only at prediction, never twice)."""
+    final softmax/sigmoid layer is applied only at prediction, never twice). focal: Lin et
+    al.'s focal loss, -(1 - p_t)^gamma log p_t (softmax, or sigmoid for one output unit),
+    which down-weights examples the model already gets right; ``class_weights`` are its
+    alpha."""
+    focal_gamma: NonNegativeFloat = 2.0
+    """The focal loss's gamma (Lin et al.'s 2); 0 is plain cross-entropy."""
+    class_weights: (
+        Literal["balanced"] | list[PositiveFloat] | dict[str | int, PositiveFloat] | None
+    ) = None
+    """Weights of the classes in the loss (Keras's ``class_weight``): a list in class order,
+    a mapping of class name (or index) to weight (classes not named weigh 1), or
+    ``balanced``: n_samples / (n_classes * count_c), scikit-learn's definition, computed by
+    prepare from the training split (after class selection, subsets and the validation
+    hold-out) and stored in the prepared data's meta.json. Class names are those after
+    ``data.classes`` (merged names with ``merge``). The loss is the weighted mean
+    sum(w_y * l) / sum(w_y), as PyTorch's ``cross_entropy(weight=)``: the weights shift the
+    balance between classes, not the step size (Keras divides by the batch size instead).
+    The validation loss is weighted the same way; evaluate's test_loss is not."""
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
     top_k: list[Annotated[int, Field(ge=2)]] = []
     """Also track top-k accuracy for these k."""
@@ -131,6 +148,11 @@ class TrainSection(StrictModel):
     """torch.compile the model (slower to start; on CPU it was slower for training)."""
     deterministic: bool = False
     """Deterministic algorithms (slower on CUDA); runs are seeded either way."""
+    sampler: Literal["shuffle", "balanced"] = "shuffle"
+    """shuffle: every training sample once per epoch, in a seeded order; balanced: each
+    epoch draws as many samples, with replacement, each class equally likely (PyTorch's
+    WeightedRandomSampler with weights 1 / count of the sample's class), seeded per epoch. A
+    training setting, not a data one: the prepared data stay the same."""
     drop_last: bool = False
     """Drop the last incomplete batch of each epoch (a batch larger than the training split
     then leaves none: an error)."""

@@ -97,10 +97,11 @@ def _weights_length(spec: Spec) -> Iterator[Problem]:
 
 @check("focal-options")
 def _focal(spec: Spec) -> Iterator[Problem]:
-    """focal_gamma applies to the focal loss only, and the focal loss takes hard labels (no
-    label smoothing): either would otherwise be silently ignored."""
+    """focal_gamma (other than its default) applies to the focal loss only, and the focal loss
+    takes hard labels (no label smoothing): either would otherwise be silently ignored."""
     t = spec.train
-    if "focal_gamma" in t.model_fields_set and t.loss != "focal":
+    default = type(t).model_fields["focal_gamma"].default  # a resolved spec writes it out
+    if t.focal_gamma != default and t.loss != "focal":
         yield Problem(
             f"focal_gamma applies to loss: focal, not {t.loss}",
             ("train", "focal_gamma"),

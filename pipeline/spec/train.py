@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Discriminator, Field, Tag, field_validator
 
 from pipeline.spec.base import NonNegativeFloat, PositiveFloat, PositiveInt, StrictModel
 from pipeline.spec.optim import OptimizerSpec, ScheduleSpec
@@ -90,6 +90,24 @@ class Phase(StrictModel):
     schedule: ScheduleSpec | None = None  # type: ignore[valid-type]
 
 
+def _weights_form(value: Any) -> str:
+    """Which form of class weights a value is written in, so that an error speaks of that
+    form only (not of every form of the union); the tags read as branch labels, which the
+    error paths leave out (``pydantic_errors.clean_path``)."""
+    if isinstance(value, dict):
+        return "dict[class, weight]"
+    return "list[weight]" if isinstance(value, list | tuple) else "literal['balanced']"
+
+
+ClassWeights = Annotated[
+    Annotated[Literal["balanced"], Tag("literal['balanced']")]
+    | Annotated[list[PositiveFloat], Tag("list[weight]")]
+    | Annotated[dict[str | int, PositiveFloat], Tag("dict[class, weight]")],
+    Discriminator(_weights_form),
+]
+"""Per-class loss weights: ``balanced``, a list in class order, or class -> weight."""
+
+
 class TrainSection(StrictModel):
     """How the model is trained (the train stage)."""
 
@@ -105,9 +123,7 @@ class TrainSection(StrictModel):
     alpha."""
     focal_gamma: NonNegativeFloat = 2.0
     """The focal loss's gamma (Lin et al.'s 2); 0 is plain cross-entropy."""
-    class_weights: (
-        Literal["balanced"] | list[PositiveFloat] | dict[str | int, PositiveFloat] | None
-    ) = None
+    class_weights: ClassWeights | None = None
     """Weights of the classes in the loss (Keras's ``class_weight``): a list in class order,
     a mapping of class name (or index) to weight (classes not named weigh 1), or
     ``balanced``: n_samples / (n_classes * count_c), scikit-learn's definition, computed by

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from sklearn.utils.class_weight import compute_class_weight
 
 from pipeline.data import BatchLoader, Prepared, prepare
@@ -16,10 +17,11 @@ from pipeline.data.prepare import prepared_dir
 from pipeline.errors import ConfigurationError
 from pipeline.spec import load_spec_text
 from pipeline.spec.spec import Spec
+from pipeline.train.metrics import spec_loss
 from tests.data.conftest import need_mirror, raw_idx
 
 
-def merged(root: Path, groups: str, subset: str = "{test_per_class: 50}") -> Spec:
+def merged(root: Path, groups: str, subset: str = "{test_per_class: 50}", train: str = "") -> Spec:
     """A Fashion-MNIST spec merging classes (written as YAML: the merge's order is kept)."""
     text = f"""\
 name: t
@@ -29,6 +31,7 @@ data:
   classes: {{merge: {groups}}}
   subset: {subset}
 model: {{layers: [{{type: flatten}}, {{type: dense, units: 2}}]}}
+train: {{{train}}}
 """
     return load_spec_text(text, base_dir=root, check=False)
 
@@ -67,6 +70,17 @@ def test_balanced_weights_are_sklearns_from_the_training_split(skewed):
     assert stored["balanced"] == pytest.approx([24000 / (2 * 18000), 24000 / (2 * 6000)])
     expected = compute_class_weight("balanced", classes=np.array([0, 1]), y=y.numpy())
     assert resolve_class_weights("balanced", skewed.meta) == pytest.approx(expected.tolist())
+
+
+def test_the_stored_balanced_weights_are_what_the_loss_uses(skewed, tmp_path):
+    groups = "{footwear: [sandal, sneaker, ankle_boot], bag: [bag]}"
+    spec = merged(tmp_path, groups, train="class_weights: balanced")
+    logits, y = torch.tensor([[2.0, 0.0], [0.0, 1.0], [2.0, -1.0]]), torch.tensor([0, 0, 1])
+    expected = F.cross_entropy(logits, y, weight=torch.tensor([2 / 3, 2.0]))
+    assert spec_loss(spec, skewed)(logits, y).item() == pytest.approx(expected.item())
+    assert spec_loss(spec, skewed)(logits, y) > F.cross_entropy(
+        logits, y
+    )  # the missed bag counts more
 
 
 def test_explicit_weights_by_name_index_or_list(skewed):

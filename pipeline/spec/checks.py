@@ -339,7 +339,8 @@ def _output_activation(spec: Spec) -> Iterator[Problem]:
             hint="use a sigmoid for one output unit (binary), or one unit per class",
         )
     loss = spec.train.loss
-    if (loss == "binary_cross_entropy") != (units == 1) and loss != "auto":
+    fixed = loss in ("cross_entropy", "binary_cross_entropy")  # auto and focal fit either
+    if fixed and (loss == "binary_cross_entropy") != (units == 1):
         need = "one output unit" if loss == "binary_cross_entropy" else "two or more outputs"
         yield Problem(
             f"{loss} needs {need}; the model has {units}",
@@ -348,5 +349,5 @@ def _output_activation(spec: Spec) -> Iterator[Problem]:
         )
 
 
-# registers the training and the evaluate section's checks
-from pipeline.spec import checks_evaluate, checks_train  # noqa: E402, F401
+# registers the training, data and evaluate sections' checks
+from pipeline.spec import checks_data, checks_evaluate, checks_train  # noqa: E402, F401

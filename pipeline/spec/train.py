@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Discriminator, Field, Tag, field_validator
 
-from pipeline.spec.base import PositiveFloat, PositiveInt, StrictModel
+from pipeline.spec.base import NonNegativeFloat, PositiveFloat, PositiveInt, StrictModel
 from pipeline.spec.evaluate import TTA
 from pipeline.spec.optim import OptimizerSpec, ScheduleSpec
 
@@ -125,6 +125,24 @@ class Phase(StrictModel):
     schedule: ScheduleSpec | None = None  # type: ignore[valid-type]
 
 
+def _weights_form(value: Any) -> str:
+    """Which form of class weights a value is written in, so that an error speaks of that
+    form only (not of every form of the union); the tags read as branch labels, which the
+    error paths leave out (``pydantic_errors.clean_path``)."""
+    if isinstance(value, dict):
+        return "dict[class, weight]"
+    return "list[weight]" if isinstance(value, list | tuple) else "literal['balanced']"
+
+
+ClassWeights = Annotated[
+    Annotated[Literal["balanced"], Tag("literal['balanced']")]
+    | Annotated[list[PositiveFloat], Tag("list[weight]")]
+    | Annotated[dict[str | int, PositiveFloat], Tag("dict[class, weight]")],
+    Discriminator(_weights_form),
+]
+"""Per-class loss weights: ``balanced``, a list in class order, or class -> weight."""
+
+
 class TrainSection(StrictModel):
     """How the model is trained (the train stage)."""
 
@@ -138,9 +156,24 @@ class TrainSection(StrictModel):
     ``accumulate`` batches, the loss scaled so that its gradient is that of the one batch of
     ``batch_size * accumulate`` samples (exactly, but for batch norm and dropout, which see
     each batch alone). Schedules, steps and the lr are per optimizer step."""
-    loss: Literal["auto", "cross_entropy", "binary_cross_entropy"] = "auto"
+    loss: Literal["auto", "cross_entropy", "binary_cross_entropy", "focal"] = "auto"
     """auto: binary cross-entropy for one output unit, else cross-entropy; both on logits (a
-    final softmax/sigmoid layer is applied only at prediction, never twice)."""
+    final softmax/sigmoid layer is applied only at prediction, never twice). focal: Lin et
+    al.'s focal loss, -(1 - p_t)^gamma log p_t (softmax, or sigmoid for one output unit),
+    which down-weights examples the model already gets right; ``class_weights`` are its
+    alpha."""
+    focal_gamma: NonNegativeFloat = 2.0
+    """The focal loss's gamma (Lin et al.'s 2); 0 is plain cross-entropy."""
+    class_weights: ClassWeights | None = None
+    """Weights of the classes in the loss (Keras's ``class_weight``): a list in class order,
+    a mapping of class name (or index) to weight (classes not named weigh 1), or
+    ``balanced``: n_samples / (n_classes * count_c), scikit-learn's definition, computed by
+    prepare from the training split (after class selection, subsets and the validation
+    hold-out) and stored in the prepared data's meta.json. Class names are those after
+    ``data.classes`` (merged names with ``merge``). The loss is the weighted mean
+    sum(w_y * l) / sum(w_y), as PyTorch's ``cross_entropy(weight=)``: the weights shift the
+    balance between classes, not the step size (Keras divides by the batch size instead).
+    The validation loss is weighted the same way; evaluate's test_loss is not."""
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
     top_k: list[Annotated[int, Field(ge=2)]] = []
     """Also track top-k accuracy for these k."""
@@ -174,6 +207,11 @@ class TrainSection(StrictModel):
     """torch.compile the model (slower to start; on CPU it was slower for training)."""
     deterministic: bool = False
     """Deterministic algorithms (slower on CUDA); runs are seeded either way."""
+    sampler: Literal["shuffle", "balanced"] = "shuffle"
+    """shuffle: every training sample once per epoch, in a seeded order; balanced: each
+    epoch draws as many samples, with replacement, each class equally likely (PyTorch's
+    WeightedRandomSampler with weights 1 / count of the sample's class), seeded per epoch. A
+    training setting, not a data one: the prepared data stay the same."""
     drop_last: bool = False
     """Drop the last incomplete batch of each epoch (a batch larger than the training split
     then leaves none: an error)."""

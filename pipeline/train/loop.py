@@ -116,22 +116,22 @@ class Trainer:
         self.amp = runtime.autocast_dtype(t.precision, self.device)
         self.precision = runtime.precision_name(self.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
-        self.loss = spec_loss(spec)
+        self.loss = spec_loss(spec, prepared)
         self.constraints = P.constraints(self.model, spec)
         common = {"device": self.device, "memory_format": self.memory_format}
         shard = (self.world.rank, self.world.size) if self.world.distributed else None
         if shard is not None:
             distributed.check_batch(t.batch_size, self.world)
+        sampling = {"shuffle": True, "seed": spec.seed, "balanced": t.sampler == "balanced",
+                    "drop_last": t.drop_last, "shard": shard, **common}  # fmt: skip
         if spec.augment.mode == "offline" and spec.augment.transforms:
             x, y = offline_set(spec, prepared, self.log)
             self.train_loader = BatchLoader(
-                x, y, t.batch_size, shuffle=True, seed=spec.seed, drop_last=t.drop_last,
-                mean=prepared.mean, std=prepared.std, shard=shard, **common)  # fmt: skip
+                x, y, t.batch_size, mean=prepared.mean, std=prepared.std, **sampling)  # fmt: skip
         else:
             self.train_loader = BatchLoader.from_prepared(
-                prepared, "train", t.batch_size, shuffle=True, seed=spec.seed,
-                drop_last=t.drop_last, transform=build_augment(spec.augment), shard=shard,
-                **common)  # fmt: skip
+                prepared, "train", t.batch_size, transform=build_augment(spec.augment),
+                **sampling)  # fmt: skip
         self.val_loader = (
             BatchLoader.from_prepared(
                 prepared, "val", spec.evaluate.batch_size, part=shard, **common

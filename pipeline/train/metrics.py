@@ -2,38 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 
+from pipeline.data.class_weights import resolve_class_weights
 from pipeline.errors import ConfigurationError
 from pipeline.spec.spec import Spec
+from pipeline.train.losses import ClassWeights, LossFn, LossOptions, build_loss
+
+if TYPE_CHECKING:
+    from pipeline.data.prepare import Prepared
 
 
-def loss_fn(kind: str, outputs: int, label_smoothing: float):
-    """Cross-entropy on logits for several outputs, binary cross-entropy on logits for one."""
-    if kind == "auto":
-        kind = "binary_cross_entropy" if outputs == 1 else "cross_entropy"
-    if kind == "binary_cross_entropy":
-        if outputs != 1:
-            raise ConfigurationError(
-                f"binary_cross_entropy needs one output unit, the model has {outputs}"
-            )
-
-        def bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            target = y.to(logits.dtype).view_as(logits)
-            if label_smoothing:
-                target = target * (1 - label_smoothing) + 0.5 * label_smoothing
-            return F.binary_cross_entropy_with_logits(logits, target)
-
-        return bce
-
-    def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-
-    return ce
+def loss_fn(
+    kind: str,
+    outputs: int,
+    label_smoothing: float,
+    weights: list[float] | None = None,
+    gamma: float = 2.0,
+) -> LossFn:
+    """The loss ``kind`` on logits (:mod:`.losses`), with per-class ``weights``."""
+    w = ClassWeights(weights) if weights is not None else None
+    return build_loss(kind, LossOptions(outputs, label_smoothing, w, gamma))
 
 
 def predictions(logits: torch.Tensor) -> torch.Tensor:
@@ -92,10 +83,17 @@ class RunningMetrics:
         return out
 
 
-def spec_loss(spec: Spec) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The spec's loss on logits, for its number of outputs."""
+def spec_loss(spec: Spec, prepared: Prepared | None = None) -> LossFn:
+    """The spec's loss on logits, for its number of outputs, with the class weights
+    ``train.class_weights`` gives for ``prepared``'s classes."""
     from pipeline.spec.shapes import infer_shapes
 
     shape = spec.model.resolved_input_shape()
     outputs = infer_shapes(spec.model.layers, shape, ())[-1][0]  # type: ignore[arg-type]
-    return loss_fn(spec.train.loss, outputs, spec.train.label_smoothing)
+    t = spec.train
+    weights = None
+    if t.class_weights is not None:
+        if prepared is None:
+            raise ConfigurationError("train.class_weights needs the prepared data's classes")
+        weights = resolve_class_weights(t.class_weights, prepared.meta)
+    return loss_fn(t.loss, outputs, t.label_smoothing, weights, t.focal_gamma)

@@ -343,4 +343,5 @@ def _output_activation(spec: Spec) -> Iterator[Problem]:
         )
 
 
-from pipeline.spec import checks_train  # noqa: E402, F401  (registers the training checks)
+# registers the training checks and timm's
+from pipeline.spec import checks_timm, checks_train  # noqa: E402, F401

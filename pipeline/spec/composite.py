@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
-from pydantic import PrivateAttr
+from pydantic import PrivateAttr, field_validator
 
 from pipeline.spec.activations import ActivationField
+from pipeline.spec.arch import Arch
 from pipeline.spec.base import LAYERS, PositiveInt, StrictModel
 from pipeline.spec.layers import LayerBase, Shape, ShapeError, fmt, need_map
 from pipeline.spec.shapes import infer_shapes
+from pipeline.spec.timm_table import PREFIX, TIMM_ARCHS, TIMM_NAMES, TIMM_VERSION
 
 
 @LAYERS.register
@@ -64,33 +65,6 @@ class Block(LayerBase):
     """Values for a parameterised block's ``$name`` placeholders (over its defaults)."""
 
 
-def _halve(h: int) -> int:
-    return h // 2
-
-
-def _stride2(h: int) -> int:
-    # a 3x3 (or 7x7 padded 3) stride-2 conv/pool with padding: floor((h - 1) / 2) + 1
-    return (h - 1) // 2 + 1
-
-
-class Arch(StrictModel):
-    """What is known of a torchvision architecture without importing torch."""
-
-    channels: int
-    top_features: int = 1000
-    reductions: int
-    step: Literal["halve", "stride2"]
-    min_size: int
-    blocks: list[str]
-    """Names of the backbone's layers, in order, as freeze/unfreeze may name them."""
-
-    def out_hw(self, h: int) -> int:
-        fn: Callable[[int], int] = _halve if self.step == "halve" else _stride2
-        for _ in range(self.reductions):
-            h = fn(h)
-        return h
-
-
 def _vgg_names(convs: list[int]) -> list[str]:
     names = []
     for b, n in enumerate(convs, start=1):
@@ -111,6 +85,7 @@ ARCHS: dict[str, Arch] = {
         step="stride2",
         min_size=32,
         blocks=["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"],
+        top=["avgpool", "flatten", "fc"],
     ),
     "resnet34": Arch(
         channels=512,
@@ -118,6 +93,7 @@ ARCHS: dict[str, Arch] = {
         step="stride2",
         min_size=32,
         blocks=["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"],
+        top=["avgpool", "flatten", "fc"],
     ),
     "resnet50": Arch(
         channels=2048,
@@ -125,6 +101,7 @@ ARCHS: dict[str, Arch] = {
         step="stride2",
         min_size=32,
         blocks=["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"],
+        top=["avgpool", "flatten", "fc"],
     ),
     "mobilenet_v2": Arch(
         channels=1280,
@@ -134,6 +111,8 @@ ARCHS: dict[str, Arch] = {
         blocks=[f"features_{i}" for i in range(19)],
     ),
 }
+BACKBONE_ARCHS: dict[str, Arch] = {**ARCHS, **TIMM_ARCHS}
+"""torchvision's architectures by their own names, timm's as ``timm/<name>``."""
 
 
 class WeightsFile(StrictModel):
@@ -143,19 +122,34 @@ class WeightsFile(StrictModel):
 
 @LAYERS.register
 class Backbone(LayerBase):
-    """A torchvision architecture as one layer (Keras's ``VGG16(include_top=False, ...)``)."""
+    """A torchvision or timm architecture as one layer (Keras's ``VGG16(include_top=False)``)."""
 
     type: Literal["backbone"] = "backbone"
-    arch: Literal[tuple(ARCHS)]  # type: ignore[valid-type]
+    arch: Literal[tuple(BACKBONE_ARCHS)]  # type: ignore[valid-type]
+    """A torchvision architecture, or ``timm/<name>`` for a timm one (docs/timm.md)."""
     weights: str | WeightsFile | None = None
-    """None: random init; a torchvision weights name (DEFAULT, IMAGENET1K_V1, ...) downloaded
-    on first use; or {path: file.pt}."""
+    """None: random init; a weights name downloaded on first use (torchvision's DEFAULT,
+    IMAGENET1K_V1, ...; timm's DEFAULT or a pretrained tag such as a1_in1k); or {path: file.pt}."""
     include_top: bool = False
     """Keep the ImageNet classifier (1000 outputs); false gives the convolutional base."""
 
+    @field_validator("arch", mode="before")
+    @classmethod
+    def _timm_name_not_in_table(cls, value: Any) -> Any:
+        """A name timm has but the table lacks: say how to add it (a literal error otherwise)."""
+        if isinstance(value, str) and value.startswith(PREFIX) and value not in BACKBONE_ARCHS:
+            name = value[len(PREFIX) :]
+            if name in TIMM_NAMES:
+                raise ValueError(
+                    f"timm {TIMM_VERSION} has {name!r}, but its shapes are not in the table "
+                    "validation reads: add it to TABLE_NAMES in pipeline/spec/timm_table.py "
+                    "and run `pipeline docs` (docs/timm.md)"
+                )
+        return value
+
     def output_shape(self, shape: Shape) -> Shape:
         c, h, w = need_map(f"backbone {self.arch}", shape)
-        arch = ARCHS[self.arch]
+        arch = BACKBONE_ARCHS[self.arch]
         if c != 3:
             raise ShapeError(
                 f"{self.arch} takes RGB input (3 channels), got {c}",

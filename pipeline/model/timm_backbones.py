@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from contextlib import nullcontext
 from typing import Any
 
 import timm
@@ -28,21 +27,40 @@ from pipeline.spec.composite import Backbone, WeightsFile
 from pipeline.spec.timm_table import PREFIX
 
 
+def block_names(model: nn.Module) -> list[str]:
+    """The selectable blocks of a timm model, in order: its top-level children, each followed
+    by its stages where timm's ``feature_info`` points inside it (``blocks`` of an
+    EfficientNet: ``blocks.0 ... blocks.6``; ``stages.0 ... stages.3`` of a ConvNeXt), all of
+    them, so that ``{from: blocks.5}`` leaves no stage out."""
+    modules = [info["module"] for info in getattr(model, "feature_info", [])]
+    parents = {m.rsplit(".", 1)[0] for m in modules if "." in m}
+    names = []
+    for child_name, child in model.named_children():
+        names.append(child_name)
+        if child_name in parents:
+            names += [f"{child_name}.{stage}" for stage, _ in child.named_children()]
+    return names
+
+
 class TimmBlocks(Composite):
-    """Mixed into a timm model's class: its top-level children are its parts and layers (bare
-    and as ``<backbone>.<child>``), as a torchvision backbone's blocks are."""
+    """Mixed into a timm model's class: its top-level children are its parts (a summary's
+    rows), its :func:`block_names` its layers, bare and as ``<backbone>.<block>``, as a
+    torchvision backbone's blocks are."""
 
     def parts(self) -> Iterator[tuple[str, nn.Module]]:
         return self.named_children()
 
     def inner_layers(self, name: str) -> Iterator[tuple[str, nn.Module]]:
-        for child_name, child in self.named_children():
-            yield f"{name}.{child_name}", child
-            yield child_name, child
+        for block in block_names(self):
+            module = self.get_submodule(block)
+            yield f"{name}.{block}", module
+            yield block, module
 
 
 @functools.cache
 def _with_blocks(cls: type[nn.Module]) -> type[nn.Module]:
+    """timm's class with :class:`TimmBlocks` mixed in (copy.deepcopy works; pickling the
+    module itself does not, as nothing here pickles modules: state dicts are saved)."""
     return type(cls.__name__, (TimmBlocks, cls), {"__module__": cls.__module__})
 
 
@@ -71,7 +89,7 @@ def _create(
     """timm's model, its random init drawn from the build's generator (timm initializes from
     torch's global generator: seeded here, then restored), or its pretrained weights."""
     seed = int(torch.randint(2**62, (1,), generator=build.generator, device="cpu"))
-    with torch.random.fork_rng(devices=[]), torch.device("meta") if build.meta else nullcontext():
+    with torch.random.fork_rng(devices=[]):  # on the meta device when the build is
         torch.manual_seed(seed)
         if not download:
             return timm.create_model(name, pretrained=False, **options)
@@ -82,7 +100,8 @@ def _create(
                 f"{layer.arch} has no weights {tag!r}; valid: DEFAULT, {', '.join(tags)}"
             )
         try:
-            return timm.create_model(name if tag is None else f"{name}.{tag}", True, **options)
+            full = name if tag is None else f"{name}.{tag}"
+            return timm.create_model(full, pretrained=True, **options)
         except Exception as err:  # no network, hub errors, a bad file: no usable download
             raise ModelBuildError(
                 f"could not download the {layer.arch} weights {layer.weights} from the "

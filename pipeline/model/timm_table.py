@@ -18,6 +18,7 @@ import timm
 import torch
 from torch import nn
 
+from pipeline.model.timm_backbones import block_names
 from pipeline.spec.timm_table import TABLE_FILE, TABLE_NAMES, TableError
 
 STEPS = {"halve": lambda h: h // 2, "stride2": lambda h: (h - 1) // 2 + 1}
@@ -121,6 +122,7 @@ def entry(name: str) -> dict[str, Any]:
         "min_size": max(smallest, 2**reductions),
         "blocks": [n for n, _ in features.named_children()],
         "top_blocks": [n for n, _ in top.named_children()],
+        "stages": [n for n in block_names(features) if "." in n],
         "input_size": list(cfg["input_size"]),
         "mean": [round(v, 6) for v in cfg["mean"]],
         "std": [round(v, 6) for v in cfg["std"]],

@@ -42,5 +42,6 @@ class Arch(StrictModel):
         return h
 
     def children(self, include_top: bool) -> list[str]:
-        """The built backbone's children, in order."""
+        """Its selectable blocks in model order: the built backbone's children (and timm's
+        stages)."""
         return self.blocks + (self.top if include_top else [])

@@ -46,6 +46,9 @@ class TimmArch(Arch):
     top_blocks: list[str]
     """Its top-level children with the classifier (timm keeps the same names without it,
     as identities)."""
+    stages: list[str]
+    """The children of a top-level block that timm's feature_info points into
+    (``blocks.0``...), selectable after their parent."""
     input_size: list[int]
     """[channels, height, width] of timm's pretrained_cfg: the size its weights were trained at."""
     mean: list[float]
@@ -57,7 +60,12 @@ class TimmArch(Arch):
     activations_per_pixel: float
 
     def children(self, include_top: bool) -> list[str]:
-        return self.top_blocks if include_top else self.blocks
+        """Its top-level children, each followed by its stages (as the model side's
+        ``timm_backbones.block_names``)."""
+        out = []
+        for block in self.top_blocks if include_top else self.blocks:
+            out += [block, *(s for s in self.stages if s.rsplit(".", 1)[0] == block)]
+        return out
 
 
 def read_table(path: Path) -> dict[str, Any]:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import timm
 import torch
 from torch import nn
 
-from pipeline.model import build_model, summarize
+from pipeline.model import ModelBuildError, build_model, summarize
+from pipeline.model.timm_backbones import block_names
 from pipeline.spec import load_spec_text
 from pipeline.spec.footprint import footprint
 from pipeline.spec.paths import ALLOWED_ENV
+from pipeline.spec.selectors import selectable
 from pipeline.spec.timm_table import TIMM_ARCHS
+from pipeline.train.params import layer_table, select, set_trainable
 
 DATA = "{dataset: cifar10}"
 NAME = "test_resnet"  # timm's tiny ResNet (its own test architecture): fast on a CPU
@@ -51,7 +56,10 @@ def test_parameter_count_blocks_and_shape_are_timm_s(spec_of, name, top):
     assert count(net) == count(want)
     assert list(net._modules) == list(want._modules)
     arch = TIMM_ARCHS[f"timm/{name}"]
-    assert list(net._modules) == arch.children(top)
+    assert list(net._modules) == (arch.top_blocks if top else arch.blocks)
+    assert block_names(net) == arch.children(top)
+    # validation's selectable names are the built model's, in the same order
+    assert [s.name for s in selectable(spec.model.layers)] == list(layer_table(model))
     assert count(net) == (arch.top_params if top else arch.params)
     fp = footprint(spec.model.layers, (3, 64, 64))
     assert fp.stored == summarize(model, spec).total_params
@@ -65,6 +73,9 @@ def test_random_init_is_seeded_reproducible_and_leaves_torch_s_generator(spec_of
     assert torch.equal(torch.random.get_rng_state(), state)
     for (key, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(x, y), key
+    clone = copy.deepcopy(a)  # what EMA/SWA copies do
+    x = torch.rand(2, 3, 64, 64)
+    assert torch.equal(clone.eval()(x), a.eval()(x))
     spec.seed = 1
     c = build_model(spec)
     assert not torch.equal(a.backbone_1.conv1[0].weight, c.backbone_1.conv1[0].weight)
@@ -88,6 +99,23 @@ def test_a_weights_file_of_the_timm_model_gives_its_outputs(spec_of, tmp_path, t
         assert torch.allclose(model(x), want, atol=1e-5)
 
 
+def test_unknown_pretrained_tag_lists_timm_s(spec_of):
+    with pytest.raises(ModelBuildError, match=r"no weights 'in22k'; valid: DEFAULT, r160_in1k"):
+        build_model(timm_spec(spec_of, extra=", weights: in22k"))
+
+
+def test_failed_download_suggests_a_local_file(spec_of, monkeypatch):
+    # No test may download: replace timm's fetch with what an offline machine sees.
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(timm.models._builder, "load_pretrained", offline)
+    spec = timm_spec(spec_of, extra=", weights: DEFAULT")
+    with pytest.raises(ModelBuildError, match=r"could not download.*weights: \{path:"):
+        build_model(spec)
+    assert build_model(spec, load_weights=False) is not None  # summaries never download
+
+
 def test_summary_expands_timm_s_blocks_and_freezing_one_freezes_its_parameters(spec_of):
     spec = timm_spec(spec_of)
     model = build_model(spec, device="meta")
@@ -98,14 +126,20 @@ def test_summary_expands_timm_s_blocks_and_freezing_one_freezes_its_parameters(s
     assert blocks == list(model.backbone_1._modules)
     assert rows["backbone_1.layer2"].trainable == count(model.backbone_1.layer2)
 
-    from pipeline.train.params import select, set_trainable
-
     net = build_model(spec)
     set_trainable(select(net, ["backbone_1.layer2"]), False)
     layer2 = {id(p) for p in net.backbone_1.layer2.parameters()}
     assert layer2 and all(not p.requires_grad for p in net.backbone_1.layer2.parameters())
     others = [p for p in net.parameters() if id(p) not in layer2]
     assert others and all(p.requires_grad for p in others)
+
+
+def test_a_stage_inside_a_timm_block_freezes_alone(spec_of):
+    net = build_model(timm_spec(spec_of, "test_efficientnet"))
+    assert "blocks.2" in layer_table(net) and "backbone_1.blocks.4" in layer_table(net)
+    set_trainable(select(net, ["backbone_1.blocks.2"]), False)
+    stage = {id(p) for p in net.backbone_1.blocks[2].parameters()}
+    assert stage and all(p.requires_grad == (id(p) not in stage) for p in net.parameters())
 
 
 TRAINED = """\
@@ -128,7 +162,17 @@ train: {epochs: 3, batch_size: 30, freeze: [backbone_1.layer1]}
 """
 
 
-def test_a_timm_backbone_trains_and_evaluates_on_mnist(tmp_path, mirror, monkeypatch):
+@pytest.fixture
+def one_thread():
+    """A model this small gains nothing from more threads, and where the CPU is shared they
+    wait on each other (126 s instead of 14 s for the test below on a loaded 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_timm_backbone_trains_and_evaluates_on_mnist(tmp_path, mirror, monkeypatch, one_thread):
     from pipeline.evaluate import evaluate
     from pipeline.train.loop import train
 

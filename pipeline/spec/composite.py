@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, ClassVar, Literal
 
 from pydantic import PrivateAttr, field_validator
@@ -136,15 +137,23 @@ class Backbone(LayerBase):
     @field_validator("arch", mode="before")
     @classmethod
     def _timm_name_not_in_table(cls, value: Any) -> Any:
-        """A name timm has but the table lacks: say how to add it (a literal error otherwise)."""
-        if isinstance(value, str) and value.startswith(PREFIX) and value not in BACKBONE_ARCHS:
-            name = value[len(PREFIX) :]
-            if name in TIMM_NAMES:
-                raise ValueError(
-                    f"timm {TIMM_VERSION} has {name!r}, but its shapes are not in the table "
-                    "validation reads: add it to TABLE_NAMES in pipeline/spec/timm_table.py "
-                    "and run `pipeline docs` (docs/timm.md)"
-                )
+        """A timm name the table lacks, where timm has it or the closest of timm's names is not
+        in the table either: say so and how to add it (else the literal error's did-you-mean)."""
+        if not isinstance(value, str) or not value.startswith(PREFIX) or value in BACKBONE_ARCHS:
+            return value
+        name = value[len(PREFIX) :]
+        missing = (
+            "but its shapes are not in the table validation reads: add it to TABLE_NAMES in "
+            "pipeline/spec/timm_table.py and run `pipeline docs` (docs/timm.md)"
+        )
+        if name in TIMM_NAMES:
+            raise ValueError(f"timm {TIMM_VERSION} has {name!r}, {missing}")
+        close = difflib.get_close_matches(name.lower(), TIMM_NAMES, n=1, cutoff=0.6)
+        if close and PREFIX + close[0] not in BACKBONE_ARCHS:
+            raise ValueError(
+                f"timm {TIMM_VERSION} has no {name!r}; did you mean {PREFIX + close[0]!r}? "
+                f"timm has that, {missing}"
+            )
         return value
 
     def output_shape(self, shape: Shape) -> Shape:

@@ -94,5 +94,5 @@ TIMM_VERSION: str = _TABLE["timm_version"]
 TIMM_ARCHS: dict[str, TimmArch] = {
     PREFIX + name: TimmArch(**entry) for name, entry in _TABLE["archs"].items()
 }
-TIMM_NAMES: frozenset[str] = frozenset(_TABLE["names"])
+TIMM_NAMES: tuple[str, ...] = tuple(sorted(_TABLE["names"]))
 """Every model name of the timm version the table was written with."""

@@ -33,6 +33,8 @@ def test_a_name_timm_has_but_the_table_lacks_says_how_to_add_it(problems):
     (p,) = problems(text("timm/resnet101"))
     assert p.path == ("model", "layers", 0, "arch") and p.mark.line == 5
     assert "TABLE_NAMES" in p.message and "pipeline docs" in p.message
+    (p,) = problems(text("timm/convnext_smal"))  # closest to a name the table lacks
+    assert "did you mean 'timm/convnext_small'?" in p.message and "TABLE_NAMES" in p.message
 
 
 def test_too_small_an_input_is_located_at_the_backbone(problems):

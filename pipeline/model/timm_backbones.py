@@ -14,7 +14,6 @@ import functools
 from collections.abc import Iterator
 from typing import Any
 
-import timm
 import torch
 from torch import nn
 
@@ -88,6 +87,8 @@ def _create(
 ) -> nn.Module:
     """timm's model, its random init drawn from the build's generator (timm initializes from
     torch's global generator: seeded here, then restored), or its pretrained weights."""
+    import timm  # here: importing it (and the Hugging Face hub) costs 0.7 s; most specs never do
+
     seed = int(torch.randint(2**62, (1,), generator=build.generator, device="cpu"))
     with torch.random.fork_rng(devices=[]):  # on the meta device when the build is
         torch.manual_seed(seed)

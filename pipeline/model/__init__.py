@@ -9,7 +9,8 @@ import pipeline.model.backbones
 import pipeline.model.composite
 import pipeline.model.layers
 import pipeline.model.normalization
-import pipeline.model.spatial  # noqa: F401  (they register their builders)
+import pipeline.model.spatial
+import pipeline.model.timm_backbones  # noqa: F401  (they register their builders)
 from pipeline.model.build import Network, build_model
 from pipeline.model.errors import ModelBuildError
 from pipeline.model.registry import LAYER_BUILDERS

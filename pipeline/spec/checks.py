@@ -349,5 +349,5 @@ def _output_activation(spec: Spec) -> Iterator[Problem]:
         )
 
 
-# registers the training, data and evaluate sections' checks
-from pipeline.spec import checks_data, checks_evaluate, checks_train  # noqa: E402, F401
+# registers the training, data, evaluate and timm checks
+from pipeline.spec import checks_data, checks_evaluate, checks_timm, checks_train  # noqa: E402, F401

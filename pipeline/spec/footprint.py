@@ -20,6 +20,7 @@ from pipeline.spec.composite import Backbone, Branch, Residual, Reuse
 from pipeline.spec.layers import BatchNorm, Conv2D, Dense, Flatten, WeightedLayer
 from pipeline.spec.normalization import GroupNorm, LayerNorm
 from pipeline.spec.spatial import DepthwiseConv2D, SeparableConv2D
+from pipeline.spec.timm_table import TIMM_ARCHS
 
 
 @dataclass
@@ -63,6 +64,9 @@ BACKBONES: dict[str, BackboneSize] = {
     "resnet34": BackboneSize(21_284_672, 21_797_672, 17_024, 224.0),
     "resnet50": BackboneSize(23_508_032, 25_557_032, 53_120, 638.5),
     "mobilenet_v2": BackboneSize(2_223_872, 3_504_872, 34_112, 387.875),
+} | {
+    name: BackboneSize(a.params, a.top_params, a.buffers, a.activations_per_pixel)
+    for name, a in TIMM_ARCHS.items()  # measured from timm when the table was written
 }
 
 Rule = Callable[[Any, Shape, Shape], Footprint]

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.spec.composite import ARCHS, Backbone, Branch, Residual, Reuse
+from pipeline.spec.composite import BACKBONE_ARCHS, Backbone, Branch, Residual, Reuse
 from pipeline.spec.layers import ShapeError
 from pipeline.spec.shapes import named_layers
 from pipeline.spec.train import LayerRange
@@ -36,9 +36,9 @@ class Selectable:
 
 
 def backbone_blocks(layer: Backbone) -> list[str]:
-    """The children of a built backbone: its blocks, then with ``include_top`` its head."""
-    top = ["avgpool", "flatten", "fc" if layer.arch.startswith("resnet") else "classifier"]
-    return ARCHS[layer.arch].blocks + (top if layer.include_top else [])
+    """The children of a built backbone: its blocks, then with ``include_top`` its head (a timm
+    backbone: the timm model's own top-level children)."""
+    return BACKBONE_ARCHS[layer.arch].children(layer.include_top)
 
 
 def _inner(

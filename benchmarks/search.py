@@ -16,7 +16,8 @@ pipeline's own loop:
    after each of 20 trials, for sampler seeds 0, 1 and 2.
 
 Run: ``PIPELINE_DATA_MIRROR=../shared/datasets .venv/bin/python benchmarks/search.py``
-(``--quick`` for a smoke run with fewer trials, ``--only pruning`` for one part).
+(``--quick`` for a smoke run with fewer trials, ``--only pruning`` for one part, ``--only
+overhead --epochs 16`` for the overhead with longer trials).
 """
 
 from __future__ import annotations
@@ -135,7 +136,12 @@ def engine_search(
 
 
 def bare_loop(
-    root: Path, name: str, trials: int, seed: int, points: list[dict] | None = None
+    root: Path,
+    name: str,
+    trials: int,
+    seed: int,
+    points: list[dict] | None = None,
+    epochs: int | None = None,
 ) -> tuple[float, optuna.Study]:
     """What one writes by hand around the same training function."""
     from pipeline.data.prepare import prepare
@@ -152,7 +158,7 @@ def bare_loop(
         spec = load_spec(
             base,
             [f"optimizer.lr={lr}", f"train.batch_size={batch}", f"model.layers[6].units={units}",
-             f"model.layers[5].rate={rate}"],
+             f"model.layers[5].rate={rate}", *([f"train.epochs={epochs}"] if epochs else [])],
         )  # fmt: skip
         result = train(spec, prepared=prepare(spec), out=root / name / str(trial.number),
                        log=_quiet)  # fmt: skip
@@ -192,6 +198,9 @@ def main() -> int:
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--only", choices=PARTS, action="append", help="run only these parts")
     p.add_argument("--rounds", type=int, default=ROUNDS, help="rounds of the overhead part")
+    p.add_argument(
+        "--epochs", type=int, default=4, help="epochs a trial in the overhead part (its length)"
+    )
     args = p.parse_args()
     parts = args.only or PARTS
     n_overhead, n_prune, n_sampler = (4, 6, 6) if args.quick else (10, 16, 20)
@@ -216,21 +225,23 @@ def main() -> int:
             for r in range(args.rounds):
                 points = proposals(r, n_overhead)
                 if r % 2:  # bare first this round
-                    took, _ = bare_loop(root, f"bare{r}", n_overhead, r, points)
+                    took, _ = bare_loop(root, f"bare{r}", n_overhead, r, points, args.epochs)
                     bare_s.append(took)
                 took, _ = engine_search(
                     root, f"overhead{r}", points, sampler={"type": "tpe", "seed": r},
-                    budget={"trials": n_overhead},
+                    budget={"trials": n_overhead}, overrides=[f"train.epochs={args.epochs}"],
                 )  # fmt: skip
                 engine_s.append(took)
                 if not r % 2:
-                    took, _ = bare_loop(root, f"bare{r}", n_overhead, r, points)
+                    took, _ = bare_loop(root, f"bare{r}", n_overhead, r, points, args.epochs)
                     bare_s.append(took)
             ratio = statistics.median(e / b for e, b in zip(engine_s, bare_s, strict=True))
             extra = statistics.median(e - b for e, b in zip(engine_s, bare_s, strict=True))
-            figures["overhead"] = {"trials": n_overhead, "engine_s": engine_s, "bare_s": bare_s,
-                                   "ratio": ratio, "extra_s": extra}  # fmt: skip
-            print(f"1. {n_overhead} trials (the same points both sides): engine "
+            figures["overhead"] = {"trials": n_overhead, "epochs": args.epochs,
+                                   "engine_s": engine_s, "bare_s": bare_s, "ratio": ratio,
+                                   "extra_s": extra}  # fmt: skip
+            print(f"1. {n_overhead} trials of {args.epochs} epochs (the same points both sides): "
+                  f"engine "
                   f"{[round(x, 1) for x in engine_s]} s, bare Optuna loop "
                   f"{[round(x, 1) for x in bare_s]} s: {ratio:.3f}x (goal <= 1.1x), "
                   f"{extra:.1f} s more")  # fmt: skip

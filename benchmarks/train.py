@@ -87,6 +87,7 @@ def _plain(channels_last: bool, tuned_alloc: bool) -> float:
 def _pipeline(precision: str = "fp32") -> float:
     from pipeline.run import Run
     from pipeline.spec.train import Phase
+    from pipeline.train.epoch import train_epoch
     from pipeline.train.loop import Trainer
 
     spec, prepared = _data()
@@ -94,9 +95,9 @@ def _pipeline(precision: str = "fp32") -> float:
     run = Run(Path("/tmp/pipeline-bench-run"))
     trainer = Trainer(spec, prepared, run=run, log=lambda _m: None)
     optimizer, schedule = trainer._enter(Phase(epochs=2))
-    trainer._train_epoch(0, optimizer, schedule)  # warm-up epoch
+    train_epoch(trainer, 0, optimizer, schedule, swa=False)  # warm-up epoch
     began = time.perf_counter()
-    trainer._train_epoch(1, optimizer, schedule)
+    train_epoch(trainer, 1, optimizer, schedule, swa=False)
     return trainer.train_loader.n / (time.perf_counter() - began)
 
 

@@ -1,8 +1,11 @@
 """``evaluate``: the trained model on the (never augmented) test split.
 
 Writes the run's ``metrics.json`` (flat, for ``dvc metrics show``; ``run_id`` names the run
-whose checkpoint it measured) and ``confusion.csv`` (``actual,predicted`` rows, for DVC's
-confusion template); see :class:`pipeline.run.Run`.
+whose checkpoint it measured), ``confusion.csv`` (``actual,predicted`` rows, for DVC's
+confusion template) and ``confusion.png``, the ROC and precision-recall curves (``roc.csv``,
+``pr.csv``, ``roc_pr.png``); see :class:`pipeline.run.Run`. Test-time augmentation adds its
+``tta_`` metrics beside the plain ones. The curves, pictures and TTA are in
+:mod:`pipeline.evaluation`.
 """
 
 from __future__ import annotations
@@ -148,15 +151,23 @@ def evaluate(
     probs, labels = collect(model, loader, autocast)
     seconds = time.perf_counter() - start
     top_k = sorted(set(spec.evaluate.top_k) | set(spec.train.top_k))
-    multi_label = bool(prepared.meta.get("multi_label"))
-    if multi_label:  # per class at evaluate.threshold; no confusion matrix, no calibration
+    confusion = None  # multi-label: per class at evaluate.threshold, no confusion matrix
+    if prepared.meta.get("multi_label"):
         metrics = test_metrics(probs, labels, prepared.classes, spec.evaluate.threshold)
     else:
-        metrics, _ = metrics_from(
+        metrics, confusion = metrics_from(
             probs, labels, prepared.classes, top_k=top_k, bins=spec.evaluate.calibration_bins
         )
     if not spec.evaluate.per_class:
         metrics = {k: v for k, v in metrics.items() if "/" not in k}
+    if spec.evaluate.curves:
+        metrics |= _curves(spec, run, probs, labels, prepared.classes)
+    if spec.evaluate.tta is not None:
+        from pipeline.evaluation import tta
+
+        extra = tta.passes(spec, prepared, device=device, memory_format=fmt)
+        tta_probs = tta.average(probs, [collect(model, p.loader, autocast)[0] for p in extra])
+        metrics |= _tta_metrics(spec, metrics, tta_probs, labels, prepared.classes, top_k, log)
     if spec.evaluate.mc_dropout is not None:
         metrics |= _mc_metrics(spec, model, loader, prepared, run)
     if spec.evaluate.fold_batch_norm:
@@ -198,7 +209,9 @@ def evaluate(
     if run.history.is_file():
         training_curves(run.history, run.curves, spec.name)
     run.write_json(run.metrics, metrics)
-    if spec.evaluate.confusion_matrix and not multi_label:
+    if spec.evaluate.confusion_matrix and confusion is not None:
+        from pipeline.evaluation.plots import confusion_png
+
         names = prepared.classes
         pairs = zip(labels.tolist(), probs.argmax(1).tolist(), strict=True)
         run.write_csv(
@@ -206,7 +219,48 @@ def evaluate(
             ({"actual": names[a], "predicted": names[p]} for a, p in pairs),
             columns=["actual", "predicted"],
         )
+        confusion_png(confusion.numpy(), names, run.confusion_png, spec.name)
     return metrics
+
+
+def _curves(
+    spec: Spec, run: Run, probs: torch.Tensor, labels: torch.Tensor, classes: list[str]
+) -> dict[str, float]:
+    """ROC and PR curves: the DVC plot files, the picture, and the areas for metrics.json."""
+    from pipeline.evaluation import curves
+    from pipeline.evaluation.plots import curves_png
+
+    found = curves.compute(probs.double().numpy(), labels.numpy(), classes)
+    run.write_csv(run.roc, curves.rows(found, "roc"), columns=["curve", "fpr", "tpr"])
+    run.write_csv(run.pr, curves.rows(found, "pr"), columns=["curve", "recall", "precision"])
+    curves_png(found, run.roc_pr_png, spec.name)
+    return curves.metrics(found, per_class=spec.evaluate.per_class)
+
+
+def _tta_metrics(
+    spec: Spec,
+    plain: dict[str, Any],
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    classes: list[str],
+    top_k: list[int],
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """The plain metrics' summary figures again, of the TTA-averaged probabilities, prefixed
+    ``tta_``; logged beside the plain accuracy."""
+    tta = spec.evaluate.tta
+    assert tta is not None
+    found, _ = metrics_from(
+        probs, labels, classes, top_k=top_k, bins=spec.evaluate.calibration_bins
+    )
+    out: dict[str, Any] = {f"tta_{k}": v for k, v in found.items() if "/" not in k}
+    out["tta_passes"] = 1 + int(tta.flip) + tta.augment
+    log(
+        f"test accuracy {plain['test_accuracy']:.4f}, with test-time augmentation "
+        f"({out['tta_passes']} passes: flip {tta.flip}, augment {tta.augment}) "
+        f"{out['tta_test_accuracy']:.4f}"
+    )
+    return out
 
 
 def _run_of(run: Run, which: str, state: dict[str, Any], log: Callable[[str], None]) -> str | None:

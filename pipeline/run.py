@@ -87,7 +87,8 @@ class Run:
         return self.dir / "checkpoints"
 
     def checkpoint(self, which: str = "best") -> Path:
-        """``best`` (the monitored metric's best epoch) or ``last`` (what resume needs)."""
+        """``best`` (the monitored metric's best epoch), ``last`` (what resume needs) or
+        ``swa`` (train.swa's average)."""
         return self.checkpoints / f"{which}.pt"
 
     @property
@@ -121,7 +122,28 @@ class Run:
 
     @property
     def confusion(self) -> Path:
+        """``actual,predicted`` rows, for DVC's confusion template."""
         return self.dir / "confusion.csv"
+
+    @property
+    def confusion_png(self) -> Path:
+        """The confusion matrix for people: counts and row-normalized, class names on the axes."""
+        return self.dir / "confusion.png"
+
+    @property
+    def roc(self) -> Path:
+        """ROC curves (``curve,fpr,tpr``: per class, micro and macro), a DVC plot."""
+        return self.dir / "roc.csv"
+
+    @property
+    def pr(self) -> Path:
+        """Precision-recall curves (``curve,recall,precision``), a DVC plot."""
+        return self.dir / "pr.csv"
+
+    @property
+    def roc_pr_png(self) -> Path:
+        """The ROC and precision-recall curves, with their areas, for people."""
+        return self.dir / "roc_pr.png"
 
     @property
     def curves(self) -> Path:
@@ -157,7 +179,7 @@ class Run:
         """Remove the temps that writes of training's files killed outright (``kill -9``,
         a lost machine) left behind; call it only holding :meth:`lock`."""
         top = [p.name for p in (self.record, self.history, self.summary, self.diagnostics)]
-        checkpoints = [self.checkpoint(w).name for w in ("best", "last")]
+        checkpoints = [self.checkpoint(w).name for w in ("best", "last", "swa")]
         return atomic.remove_temps(self.dir, top) + atomic.remove_temps(
             self.checkpoints, checkpoints
         )
@@ -171,6 +193,10 @@ class Run:
         return [
             self.metrics,
             self.confusion,
+            self.confusion_png,
+            self.roc,
+            self.pr,
+            self.roc_pr_png,
             self.curves,
             self.mc_uncertain(".json"),
             self.mc_uncertain(".png"),

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,8 @@ def add_commands(sub: Any) -> None:
 
     p = sub.add_parser(
         "docs",
-        help="regenerate spec.schema.json, search.schema.json and docs/spec-reference.md",
+        help="regenerate spec.schema.json, search.schema.json, docs/spec-reference.md and (when "
+        "timm or its list changed) the timm backbone table",
     )
     p.add_argument("--root", type=Path, default=Path("."))
     p.add_argument("--check", action="store_true", help="exit 1 if they are out of date")
@@ -88,15 +90,24 @@ def schema(args: argparse.Namespace) -> int:
 def docs(args: argparse.Namespace) -> int:
     from pipeline.search.load import SCHEMA_FILE, search_schema_text
     from pipeline.spec.reference import stale_files, write_generated
+    from pipeline.spec.timm_table import TABLE_FILE, is_current
 
     search_file = args.root / SCHEMA_FILE
     if args.check:
-        stale = stale_files(args.root)
+        stale = [] if is_current(args.root) else [TABLE_FILE]
+        stale += stale_files(args.root)
         if not search_file.is_file() or search_file.read_text() != search_schema_text():
             stale.append(SCHEMA_FILE)
         for name in stale:
             print(f"{name} is out of date: run `pipeline docs`", file=sys.stderr)
         return 1 if stale else 0
+    if not is_current(args.root):
+        from pipeline.model.timm_table import write_table  # timm and torch: only for this
+
+        # the schema's backbone names come from the table: it first, then the rest in a fresh
+        # process (this one loaded the old table)
+        print(f"measuring the timm architectures for {write_table(args.root)} ...")
+        return subprocess.call([sys.executable, "-m", "pipeline", "docs", "--root", args.root])
     written = write_generated(args.root)
     search_file.write_text(search_schema_text())
     print("wrote " + ", ".join([*written, SCHEMA_FILE]))

@@ -130,17 +130,19 @@ def schedule_preview(args: argparse.Namespace) -> int:
     from pipeline.data.prepare import prepare
     from pipeline.run import Run
     from pipeline.train import explore
+    from pipeline.train.epoch import optimizer_steps
 
     spec = load(args)
     n = len(prepare(spec).split("train")[1])
     t = spec.train
     batches = batches_per_epoch(n, t.batch_size, t.drop_last, "the train split")
-    steps = batches * sum(p.epochs for p in t.phases) if t.phases else batches * t.epochs
+    per_epoch = optimizer_steps(batches, t.accumulate)  # the schedule counts optimizer steps
+    steps = per_epoch * (sum(p.epochs for p in t.phases) if t.phases else t.epochs)
     out = args.output or Run.of(spec).schedule
-    rows = explore.schedule_preview(spec, out, steps_per_epoch=batches)
+    rows = explore.schedule_preview(spec, out, steps_per_epoch=per_epoch)
     shown = "" if len(rows) == steps else f", {len(rows):,} of them sampled"
     print(
-        f"{steps:,} steps ({batches:,} per epoch{shown}): lr from {rows[0]['lr']:.3g} to "
+        f"{steps:,} steps ({per_epoch:,} per epoch{shown}): lr from {rows[0]['lr']:.3g} to "
         f"{rows[-1]['lr']:.3g}, max {max(r['lr'] for r in rows):.3g}; plot: {out}/schedule.png"
     )
     return 0

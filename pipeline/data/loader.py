@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import torch
 
+from pipeline.data.sampler import balanced_order, balanced_sample_weights
 from pipeline.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ class BatchLoader:
         name: str = "the data",
         shard: tuple[int, int] | None = None,
         part: tuple[int, int] | None = None,
+        balanced: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -122,9 +124,15 @@ class BatchLoader:
         self.epoch = 0
         self.n = len(y)
         self.y = (torch.from_numpy(np.array(y)) if isinstance(y, np.ndarray) else y).long()
+        self._weights = balanced_sample_weights(self.y) if balanced else None
         if stream is None:
             stream = isinstance(x, np.memmap) and x.nbytes > _available_ram() // 2
         self.stream = stream and self.world == 1
+        if balanced and (self.stream or not shuffle):
+            raise ConfigurationError(
+                f"train.sampler: balanced draws from {name} in memory, in a shuffled order; "
+                + ("it is larger than half the free RAM" if self.stream else "it is not shuffled")
+            )
         self._rows: np.ndarray | None = None  # a rank's source of gathered batches
         if self.world > 1 and isinstance(x, np.ndarray):
             on_gpu = self.device.type == "cuda" and resident is not False
@@ -195,7 +203,7 @@ class BatchLoader:
             yield from self._sharded(gen)
             return
         assert self.x is not None
-        order = torch.randperm(self.n, generator=gen).to(self.x.device) if self.shuffle else None
+        order = self._order(gen).to(self.x.device) if self.shuffle else None
         bs = self.batch_size
         for k in range(len(self)):
             if order is None:  # contiguous slices: views, no gather
@@ -204,9 +212,15 @@ class BatchLoader:
                 idx = order[k * bs : (k + 1) * bs]
                 yield self.x.index_select(0, idx), self.y.index_select(0, idx)
 
+    def _order(self, gen: torch.Generator) -> torch.Tensor:
+        """An epoch's order: a permutation, or the balanced sampler's draw."""
+        if self._weights is not None:
+            return balanced_order(self._weights, self.n, gen)
+        return torch.randperm(self.n, generator=gen)
+
     def _sharded(self, gen: torch.Generator) -> Iterator[Batch]:
         """This rank's share of each global batch (its every W-th sample), gathered."""
-        order = torch.randperm(self.n, generator=gen) if self.shuffle else torch.arange(self.n)
+        order = self._order(gen) if self.shuffle else torch.arange(self.n)
         bs = self.batch_size
         for k in range(len(self)):
             idx = order[k * bs : (k + 1) * bs][self.rank :: self.world]

@@ -27,6 +27,7 @@ import torch
 
 from pipeline.data import select as sel
 from pipeline.data import store
+from pipeline.data.class_weights import balanced_weights
 from pipeline.data.folders import folder_fingerprint
 from pipeline.data.multilabel import fingerprints as labels_fingerprints
 from pipeline.data.raw import DataError, RawData
@@ -110,6 +111,9 @@ def data_key(spec: Spec) -> str:
             d[k] = _portable(spec.path_of(d[k]))
     if d.get("validation", {}).get("path"):
         d["validation"]["path"] = _portable(spec.path_of(d["validation"]["path"]))
+    merge = d.get("classes", {}).get("merge")
+    if merge:  # its order sets the labels: kept as pairs, which sort_keys leaves in order
+        d["classes"]["merge"] = list(merge.items())
     d.pop("seed", None)
     if _uses_seed(spec):
         d["seed"] = split_seed(spec)
@@ -217,9 +221,9 @@ def _offline_augment(spec: Spec, train: sel.Split, note: Callable[[str], None]) 
     return offline_augment(x, spec.augment, spec.seed), y.repeat(copies)
 
 
-def build_splits(raw: RawData, spec: Spec) -> tuple[dict[str, sel.Split], list[int]]:
+def build_splits(raw: RawData, spec: Spec) -> tuple[dict[str, sel.Split], list[list[int]]]:
     """Classes, then the validation split and subsets, then colour and size. Returns the splits
-    and, per new label, its source class index.
+    and, per new label, its source class indices (several for a merged class).
 
     ``validation.fraction`` is a fraction of the training subset: 30 per class and 0.2 give 24
     training and 6 validation images per class. ``validation.first`` (the seeds' first N) and
@@ -258,12 +262,12 @@ def _meta(
     key: str,
     raw: RawData,
     splits: dict[str, sel.Split],
-    mapping: list[int],
+    mapping: list[list[int]],
     mean: list[float],
     std: list[float],
     files: dict[str, int],
 ) -> dict[str, Any]:
-    classes = [raw.classes[i] for i in mapping]
+    classes = sel.class_names(spec.data.classes, mapping, raw.classes)
     counts = {  # multi-label (y multi-hot): the images showing each class
         name: dict(zip(classes, _per_class(y, len(classes)).tolist(), strict=True))
         for name, (_, y) in splits.items()
@@ -275,8 +279,9 @@ def _meta(
         "dataset": spec.data.dataset,
         "classes": classes,
         "source_classes": raw.classes,
-        "class_map": mapping,
+        "class_map": mapping,  # per label, its source class indices
         "multi_label": spec.data.multi_label,
+        "class_weights": balanced_weights(counts["train"]),
         "image_shape": list(splits["train"][0].shape[1:]),
         "counts": counts,
         "normalization": {

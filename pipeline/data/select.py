@@ -43,30 +43,50 @@ def resolve_class(ref: str | int, classes: list[str]) -> int:
     )
 
 
-def class_mapping(selection: ClassSelection | None, classes: list[str]) -> list[int]:
-    """Source class index of each new label: keep's order, or the classes not dropped."""
+def class_mapping(selection: ClassSelection | None, classes: list[str]) -> list[list[int]]:
+    """Source class indices of each new label: keep's order (one each), the classes not
+    dropped, or merge's groups (several each)."""
     if selection is None:
-        return list(range(len(classes)))
+        return [[i] for i in range(len(classes))]
+    if selection.merge is not None:
+        groups = [[resolve_class(r, classes) for r in refs] for refs in selection.merge.values()]
+        _no_dupes([i for g in groups for i in g], classes, "in two merged classes")
+        return groups
     refs = selection.keep if selection.keep is not None else selection.drop or []
     picked = [resolve_class(r, classes) for r in refs]
-    dupes = sorted({classes[i] for i in picked if picked.count(i) > 1})
-    if dupes:
-        raise DataError(f"classes listed twice: {', '.join(dupes)}")
+    _no_dupes(picked, classes, "listed twice")
     if selection.keep is not None:
-        return picked
-    kept = [i for i in range(len(classes)) if i not in picked]
+        return [[i] for i in picked]
+    kept = [[i] for i in range(len(classes)) if i not in picked]
     if not kept:
         raise DataError("classes.drop removes every class")
     return kept
 
 
-def select_classes(split: Split, mapping: list[int], n_source: int) -> Split:
-    """Keep the samples of the mapped classes (in their original order), relabelled 0..k-1."""
+def class_names(
+    selection: ClassSelection | None, mapping: list[list[int]], classes: list[str]
+) -> list[str]:
+    """The names of the new labels: merge's names, else the source classes' own."""
+    if selection is not None and selection.merge is not None:
+        return list(selection.merge)
+    return [classes[g[0]] for g in mapping]
+
+
+def _no_dupes(picked: list[int], classes: list[str], what: str) -> None:
+    dupes = sorted({classes[i] for i in picked if picked.count(i) > 1})
+    if dupes:
+        raise DataError(f"classes {what}: {', '.join(dupes)}")
+
+
+def select_classes(split: Split, mapping: list[list[int]], n_source: int) -> Split:
+    """Keep the samples of the mapped classes (in their original order), relabelled 0..k-1
+    (every class of a merged group takes the group's label)."""
     x, y = split
-    if mapping == list(range(n_source)):
+    if mapping == [[i] for i in range(n_source)]:
         return split  # nothing to select: skip copying every image
     new = torch.full((n_source,), -1, dtype=torch.int64)
-    new[torch.tensor(mapping, dtype=torch.int64)] = torch.arange(len(mapping))
+    for label, group in enumerate(mapping):
+        new[torch.tensor(group, dtype=torch.int64)] = label
     labels = new[y]
     keep = labels >= 0
     return x[keep], labels[keep]

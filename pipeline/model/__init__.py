@@ -7,7 +7,10 @@ that each layer kind of the spec has one, so a kind without a builder fails here
 import pipeline.model.activations
 import pipeline.model.backbones
 import pipeline.model.composite
-import pipeline.model.layers  # noqa: F401  (they register their builders)
+import pipeline.model.layers
+import pipeline.model.normalization
+import pipeline.model.spatial
+import pipeline.model.timm_backbones  # noqa: F401  (they register their builders)
 from pipeline.model.build import Network, build_model
 from pipeline.model.errors import ModelBuildError
 from pipeline.model.registry import LAYER_BUILDERS

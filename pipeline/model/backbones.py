@@ -1,4 +1,6 @@
-"""The backbone builder: a torchvision architecture, renamed to the spec's block names.
+"""The backbone builders: one per source library (``BACKBONE_BUILDERS``, keyed by the arch's
+``source``); here torchvision's, its architectures renamed to the spec's block names (timm's is
+in ``pipeline.model.timm_backbones``).
 
 Every backbone becomes an ``nn.Sequential`` whose children are ``ARCHS[arch].blocks`` (VGG:
 ``block1_conv1 ... block5_pool``, each conv with its ReLU; ResNet: ``conv1 ... layer4``;
@@ -23,7 +25,7 @@ from pipeline.model.errors import ModelBuildError
 from pipeline.model.modules import BackboneNet
 from pipeline.model.registry import LAYER_BUILDERS, BuildContext, LayerContext
 from pipeline.model.weights import load_into, read_state_dict
-from pipeline.spec.composite import ARCHS, Backbone, WeightsFile
+from pipeline.spec.composite import ARCHS, BACKBONE_ARCHS, Backbone, WeightsFile
 
 Named = list[tuple[str, nn.Module]]
 # torchvision module prefix -> ours (None: a part that is not kept)
@@ -92,8 +94,17 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+BackboneBuilder = Callable[[Backbone, LayerContext], nn.Module]
+BACKBONE_BUILDERS: dict[str, BackboneBuilder] = {}
+"""Arch source (``Arch.source``: torchvision, timm) -> the builder of its backbones."""
+
+
 @LAYER_BUILDERS.register(Backbone)
 def _backbone(layer: Backbone, ctx: LayerContext) -> nn.Module:
+    return BACKBONE_BUILDERS[BACKBONE_ARCHS[layer.arch].source](layer, ctx)
+
+
+def _torchvision(layer: Backbone, ctx: LayerContext) -> nn.Module:
     build = ctx.build
     family = FAMILIES[layer.arch]
     # Without the top, construct on meta and materialize only the kept part: VGG's classifier
@@ -114,6 +125,9 @@ def _backbone(layer: Backbone, ctx: LayerContext) -> nn.Module:
             module, _renamed(state, prefixes, set(module.state_dict())), f"{layer.arch} weights"
         )
     return module
+
+
+BACKBONE_BUILDERS["torchvision"] = _torchvision
 
 
 def torchvision_init(module: nn.Module, generator: torch.Generator) -> None:

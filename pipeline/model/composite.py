@@ -1,4 +1,5 @@
-"""Builders of layers made of layers: residual blocks and layers reused from another spec."""
+"""Builders of layers made of layers: residual blocks, branches and layers reused from another
+spec."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ from pipeline.model.build import build_model
 from pipeline.model.errors import ModelBuildError
 from pipeline.model.init import apply_init
 from pipeline.model.layers import batch_norm
-from pipeline.model.modules import ResidualBlock, Reused
+from pipeline.model.modules import BranchBlock, ResidualBlock, Reused
 from pipeline.model.registry import LAYER_BUILDERS, BuildContext, LayerContext, build_sequence
 from pipeline.model.weights import load_into, read_state_dict
 from pipeline.spec.base import Shape
-from pipeline.spec.composite import Residual, Reuse
+from pipeline.spec.composite import Branch, Residual, Reuse
 
 
 @LAYER_BUILDERS.register(Residual)
@@ -28,6 +29,18 @@ def _residual(layer: Residual, ctx: LayerContext) -> nn.Module:
         else nn.Identity()
     )
     return ResidualBlock(nn.Sequential(branch), shortcut, activation_module(layer.activation, out))
+
+
+@LAYER_BUILDERS.register(Branch)
+def _branch(layer: Branch, ctx: LayerContext) -> nn.Module:
+    branches = [
+        nn.Sequential(
+            build_sequence(layers, ctx.in_shape, ctx.build, (*ctx.path, "branches", j))[0]
+        )
+        for j, layers in enumerate(layer.branches)
+    ]
+    act = activation_module(layer.activation, ctx.out_shape)
+    return BranchBlock(branches, layer.merge, act)
 
 
 def _projection(shape: Shape, out: Shape, build: BuildContext) -> nn.Module:

@@ -19,6 +19,7 @@ from pipeline.spec.layers import (
     AvgPool2D,
     BatchNorm,
     Conv2D,
+    ConvWindow,
     Dense,
     Dropout,
     Flatten,
@@ -41,7 +42,7 @@ def batch_norm(shape: Shape, momentum: float = 0.1, eps: float = 1e-5) -> nn.Mod
     return BATCH_NORMS[len(shape)](shape[0], eps=eps, momentum=momentum)
 
 
-def _weighted(
+def weighted_block(
     parts: OrderedDict[str, nn.Module], core: str, layer: WeightedLayer, out: Shape
 ) -> nn.Module:
     """Append batch norm and activation in the order ``batch_norm`` asks for."""
@@ -55,17 +56,24 @@ def _weighted(
     return M.WeightedBlock(parts, core)
 
 
+def window_padding(layer: Conv2D | ConvWindow, parts: OrderedDict[str, nn.Module]) -> Any:
+    """The ``padding`` argument of the layer's nn.Conv2d; for a strided 'same' window a
+    SamePad2d goes into ``parts`` first (torch's padding='same' refuses strides), padding the
+    TF way (the odd pixel at the bottom/right)."""
+    if layer.padding == "valid":
+        return 0
+    kernel, stride, dilation = pair(layer.kernel_size), pair(layer.stride), pair(layer.dilation)
+    if layer.padding == "same" and stride != (1, 1):
+        parts["pad"] = M.SamePad2d(kernel, stride, dilation)
+        return 0
+    return layer.padding
+
+
 @LAYER_BUILDERS.register(Conv2D)
 def _conv2d(layer: Conv2D, ctx: LayerContext) -> nn.Module:
     kernel, stride, dilation = pair(layer.kernel_size), pair(layer.stride), pair(layer.dilation)
     parts: OrderedDict[str, nn.Module] = OrderedDict()
-    padding: Any = layer.padding
-    if padding == "valid":
-        padding = 0
-    elif padding == "same" and stride != (1, 1):
-        # torch's padding='same' refuses strides; pad explicitly, TF's way (extra bottom/right)
-        parts["pad"] = M.SamePad2d(kernel, stride, dilation)
-        padding = 0
+    padding = window_padding(layer, parts)
     conv = nn.Conv2d(
         ctx.in_shape[0],
         layer.filters,
@@ -78,14 +86,14 @@ def _conv2d(layer: Conv2D, ctx: LayerContext) -> nn.Module:
     )
     init_weighted(conv, layer, ctx.build)
     parts["conv"] = conv
-    return _weighted(parts, "conv", layer, ctx.out_shape)
+    return weighted_block(parts, "conv", layer, ctx.out_shape)
 
 
 @LAYER_BUILDERS.register(Dense)
 def _dense(layer: Dense, ctx: LayerContext) -> nn.Module:
     linear = nn.Linear(ctx.in_shape[0], layer.units, bias=layer.bias)
     init_weighted(linear, layer, ctx.build)
-    return _weighted(OrderedDict(dense=linear), "dense", layer, ctx.out_shape)
+    return weighted_block(OrderedDict(dense=linear), "dense", layer, ctx.out_shape)
 
 
 def _window(layer: Pool2D) -> tuple[tuple[int, int], tuple[int, int]]:

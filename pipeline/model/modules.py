@@ -150,6 +150,37 @@ class ResidualBlock(Composite):
             yield from inner_layers(child_name, child)
 
 
+class BranchBlock(Composite):
+    """``act(merge(branch_0(x), branch_1(x), ...))``, merge being a channel concat or a sum;
+    the branches' layers are children of ``branches.<j>`` under their own names."""
+
+    def __init__(self, branches: list[nn.Sequential], merge: str, act: nn.Module | None):
+        super().__init__()
+        if merge not in ("concat", "add"):
+            raise ValueError(f"merge must be concat or add, got {merge!r}")
+        self.branches = nn.ModuleList(branches)
+        self.merge = merge
+        self.act = act if act is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [branch(x) for branch in self.branches]
+        merged = torch.cat(outs, dim=1) if self.merge == "concat" else sum(outs[1:], outs[0])
+        return self.act(merged)
+
+    def parts(self) -> Iterator[tuple[str, nn.Module]]:
+        for branch in self.branches:
+            yield from branch.named_children()
+
+    def inner_layers(self, name: str) -> Iterator[tuple[str, nn.Module]]:
+        # like a residual's branch: the layers of this spec, by their own names
+        for child_name, child in self.parts():
+            yield child_name, child
+            yield from inner_layers(child_name, child)
+
+    def extra_repr(self) -> str:
+        return f"merge={self.merge}"
+
+
 class BackboneNet(Composite, nn.Sequential):
     """A torchvision architecture; children named as ``ARCHS[arch].blocks`` (then its top)."""
 

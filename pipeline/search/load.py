@@ -996,10 +996,7 @@ def _classes(spec: Spec | None) -> list[str] | None:
     sel = spec.data.classes
     if names is None:
         return None
-    if sel is not None and sel.keep is not None:
-        return [str(c) for c in sel.keep]
-    drop = set(sel.drop or []) if sel is not None else set()
-    return [str(c) for c in names if c not in drop]
+    return sel.names(names) if sel is not None else list(names)
 
 
 def _metric_names(spec: Spec | None) -> list[str]:

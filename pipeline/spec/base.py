@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Annotated, Any, ClassVar, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -44,14 +44,32 @@ class LayerKind(Kind):
 
     child_keys: ClassVar[tuple[str, ...]] = ()
     """Fields holding nested layer lists written in this spec (a residual's ``layers``)."""
+    child_list_keys: ClassVar[tuple[str, ...]] = ()
+    """Fields holding a list of nested layer lists (a branch's ``branches``)."""
 
     def output_shape(self, shape: Shape) -> Shape:
         return shape
 
-    def sublayers(self) -> Iterator[tuple[PathPart, Sequence[LayerKind]]]:
-        """Each nested layer list with the key under which the spec writes it."""
-        for key in self.child_keys:
-            yield key, getattr(self, key)
+    def sublayers(self) -> Iterator[tuple[tuple[PathPart, ...], Sequence[LayerKind]]]:
+        """Each nested layer list with the key path under which the spec writes it:
+        ``("layers",)`` for a residual's, ``("branches", 1)`` for a branch's second."""
+        yield from child_lists(type(self), lambda key: getattr(self, key))
+
+
+def child_lists(
+    kind: type[LayerKind], get: Callable[[str], Any]
+) -> Iterator[tuple[tuple[PathPart, ...], Any]]:
+    """The nested layer lists of a layer of ``kind`` whose fields ``get`` reads, with their key
+    paths; shared by the validated models and the loader's raw mappings (where a value that
+    is not a list yet is left to the schema to report)."""
+    for key in kind.child_keys:
+        value = get(key)
+        if isinstance(value, list):
+            yield (key,), value
+    for key in kind.child_list_keys:
+        value = get(key)
+        if isinstance(value, list):
+            yield from (((key, j), v) for j, v in enumerate(value) if isinstance(v, list))
 
 
 K = TypeVar("K", bound=type[Kind])
@@ -119,6 +137,21 @@ SYNONYMS: dict[str, str] = {
     "batch_norm2d": "batch_norm",
     "batch_norm1d": "batch_norm",
     "dropout2d": "spatial_dropout2d",
+    "layer_normalization": "layer_norm",
+    "layernorm": "layer_norm",
+    "group_normalization": "group_norm",
+    "groupnorm": "group_norm",
+    "depthwise_convolution2d": "depthwise_conv2d",
+    "depthwiseconv2d": "depthwise_conv2d",
+    "separable_convolution2d": "separable_conv2d",
+    "separableconv2d": "separable_conv2d",
+    "up_sampling2d": "upsample",
+    "upsampling2d": "upsample",
+    "upsampling": "upsample",
+    "interpolate": "upsample",
+    "concatenate": "branch",
+    "concat": "branch",
+    "inception": "branch",
     "maxpool": "max_pool2d",
     "max_pooling": "max_pool2d",
     "avgpool": "avg_pool2d",
@@ -206,6 +239,9 @@ SYNONYMS: dict[str, str] = {
     "nb_filter": "filters",
     "num_filters": "filters",
     "pool": "pool_size",
+    "num_groups": "groups",
+    "elementwise_affine": "affine",
+    "interpolation": "mode",
     "loss_fn": "loss",
     "criterion": "loss",
     "optim": "optimizer",

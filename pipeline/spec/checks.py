@@ -25,6 +25,7 @@ from pipeline.spec.layers import (
     SpatialDropout2D,
     WeightedLayer,
 )
+from pipeline.spec.normalization import GroupNorm, LayerNorm
 from pipeline.spec.optim import Adam, ReduceOnPlateau
 from pipeline.spec.selectors import resolve, selectable
 from pipeline.spec.shapes import LayerShapeError, infer_shapes, named_layers
@@ -106,6 +107,10 @@ def _output_units(spec: Spec) -> Iterator[Problem]:
     )
 
 
+NORMS = (BatchNorm, LayerNorm, GroupNorm)
+"""Normalization layers: they replace SELU's self-normalization."""
+
+
 @check("selu-self-normalizing")
 def _selu(spec: Spec) -> Iterator[Problem]:
     """SELU self-normalizes only with lecun_normal init, alpha dropout and a plain stack."""
@@ -142,7 +147,7 @@ def _selu(spec: Spec) -> Iterator[Problem]:
                 (*path, "type"),
                 "use type: alpha_dropout",
             )
-        if layer.child_keys or isinstance(layer, BatchNorm):
+        if layer.child_keys or layer.child_list_keys or isinstance(layer, NORMS):
             kind = layer.type_name
             yield _warn(
                 f"SELU self-normalizes only in a plain sequential stack, not with {kind}", path
@@ -338,7 +343,8 @@ def _output_activation(spec: Spec) -> Iterator[Problem]:
             hint="use a sigmoid for one output unit (binary), or one unit per class",
         )
     loss = spec.train.loss
-    if (loss == "binary_cross_entropy") != (units == 1) and loss != "auto":
+    fixed = loss in ("cross_entropy", "binary_cross_entropy")  # auto and focal fit either
+    if fixed and (loss == "binary_cross_entropy") != (units == 1):
         need = "one output unit" if loss == "binary_cross_entropy" else "two or more outputs"
         yield Problem(
             f"{loss} needs {need}; the model has {units}",
@@ -371,5 +377,11 @@ def _multi_label_head(spec: Spec, units: int, found: tuple[str, tuple] | None) -
         )
 
 
-# registers the label checks and the training checks
-from pipeline.spec import checks_labels, checks_train  # noqa: E402, F401
+# registers the training, data, evaluate, timm and label checks
+from pipeline.spec import (  # noqa: E402, F401
+    checks_data,
+    checks_evaluate,
+    checks_labels,
+    checks_timm,
+    checks_train,
+)

@@ -45,10 +45,12 @@ def train_samples(spec: Spec) -> int | None:
 
 
 def steps_per_epoch(spec: Spec) -> int | None:
+    """Optimizer steps of an epoch: its batches, one step per train.accumulate of them."""
     n, size = train_samples(spec), spec.train.batch_size
     if n is None:
         return None
-    return n // size if spec.train.drop_last else math.ceil(n / size)
+    batches = n // size if spec.train.drop_last else math.ceil(n / size)
+    return math.ceil(batches / spec.train.accumulate)
 
 
 # ---- memory --------------------------------------------------------------------------------
@@ -57,7 +59,8 @@ def steps_per_epoch(spec: Spec) -> int | None:
 @dataclass(frozen=True)
 class Need:
     stored: int
-    """Bytes of the weights, biases and batch-norm statistics."""
+    """Bytes of the weights, biases and batch-norm statistics, and of each copy that
+    train.ema and train.swa average into."""
     training: int
     """Bytes of the gradients and optimizer state of what trains (the largest phase)."""
     multiple: int
@@ -115,12 +118,17 @@ def training_need(spec: Spec) -> Need | None:
         fp.activations for _, fp in tops
     )
     return Need(
-        stored=BYTES * sum(fp.stored for _, fp in tops),
+        stored=BYTES * sum(fp.stored for _, fp in tops) * copies(spec),
         training=training,
         multiple=multiple,
         optimizer=optimizer,
         activations=BYTES * per_sample * spec.train.batch_size,
     )
+
+
+def copies(spec: Spec) -> int:
+    """The model's weights and the averages' copies of them (train.ema, train.swa)."""
+    return 1 + (spec.train.ema is not None) + (spec.train.swa is not None)
 
 
 def _gib(n: float) -> str:
@@ -130,17 +138,19 @@ def _gib(n: float) -> str:
 @check("fits-in-memory")
 def _memory(spec: Spec) -> Iterator[Problem]:
     """Training must fit in the memory of the device it runs on (RAM, or the GPU's own when
-    train.device is or auto picks cuda): the fp32 weights, x(2 + the optimizer's state
-    tensors) for what trains, plus one batch's activations. An error above what the machine
-    has (it cannot run: the estimate leaves out the framework's own use); a warning above 80%
-    of it."""
+    train.device is or auto picks cuda): the fp32 weights (and a copy for each of train.ema
+    and train.swa), x(2 + the optimizer's state tensors) for what trains, plus one batch's
+    activations. An error above what the machine has (it cannot run: the estimate leaves out
+    the framework's own use); a warning above 80% of it."""
     need = training_need(spec)
     have = machine.memory_for(spec.train.device)
     if need is None or have is None or need.total <= WARN_FRACTION * have.bytes:
         return
     message = (
         f"training needs ~{_gib(need.total)}, this machine has {_gib(have.bytes)} of "
-        f"{have.what}: {_gib(need.stored)} of fp32 weights, x{need.multiple} for what trains "
+        f"{have.what}: {_gib(need.stored)} of fp32 weights"
+        + (f" (x{copies(spec)}: the averages' copies)" if copies(spec) > 1 else "")
+        + f", x{need.multiple} for what trains "
         f"(with gradients and {need.optimizer}'s state), and {_gib(need.activations)} of "
         f"activations for a batch of {spec.train.batch_size}"
     )
@@ -267,4 +277,39 @@ def _best_checkpoint(spec: Spec) -> Iterator[Problem]:
         yield warn(
             "pipeline predict and export read the best checkpoint, which this spec does not keep",
             ("train", "checkpoint", "best"),
+        )
+
+
+# ---- weight averaging ----------------------------------------------------------------------
+
+
+@check("swa-in-range")
+def _swa(spec: Spec) -> Iterator[Problem]:
+    """train.swa.start_epoch must be an epoch of the run, or nothing would be averaged and
+    evaluate.checkpoint: swa would find no file; evaluate.checkpoint: swa needs train.swa. A
+    run with train.swa that evaluates another checkpoint is warned: the average is its
+    point."""
+    swa, which = spec.train.swa, spec.evaluate.checkpoint
+    if swa is None:
+        if which == "swa":
+            yield Problem(
+                "evaluate.checkpoint: swa reads the weight average that train.swa makes, and "
+                "train.swa is not set",
+                ("evaluate", "checkpoint"),
+                hint="set train.swa: {start_epoch: ..., lr: ...}, or evaluate.checkpoint: best",
+            )
+        return
+    epochs = sum(p.epochs for p in _phases(spec))
+    if swa.start_epoch > epochs:
+        yield Problem(
+            f"swa.start_epoch {swa.start_epoch} is after the run's last epoch ({epochs}): no "
+            "weights would be averaged",
+            ("train", "swa", "start_epoch"),
+            hint=f"use a start_epoch from 1 to {epochs} (often the last quarter of the run)",
+        )
+    elif which != "swa":
+        yield warn(
+            f"train.swa averages the weights, but evaluate reads the {which} checkpoint",
+            ("evaluate", "checkpoint"),
+            hint="set evaluate.checkpoint: swa",
         )

@@ -1,16 +1,20 @@
-"""Layers made of layers: residual blocks, named blocks, pretrained backbones, reused models."""
+"""Layers made of layers: residual blocks, branches, named blocks, pretrained backbones, reused
+models."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+import difflib
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr, field_validator
 
+from pipeline.spec import normalization, spatial  # noqa: F401  (registered before the union)
 from pipeline.spec.activations import ActivationField
+from pipeline.spec.arch import Arch
 from pipeline.spec.base import LAYERS, PositiveInt, StrictModel
 from pipeline.spec.layers import LayerBase, Shape, ShapeError, fmt, need_map
-from pipeline.spec.shapes import infer_shapes
+from pipeline.spec.shapes import LayerShapeError, infer_shapes
+from pipeline.spec.timm_table import PREFIX, TIMM_ARCHS, TIMM_NAMES, TIMM_VERSION
 
 
 @LAYERS.register
@@ -52,6 +56,52 @@ class Residual(LayerBase):
 
 
 @LAYERS.register
+class Branch(LayerBase):
+    """Inception-style: run each layer list on the same input, then concatenate the outputs on
+    the channels (or features) or add them. An empty list passes the input through."""
+
+    type: Literal["branch"] = "branch"
+    branches: Annotated[list[list[LayerSpec]], Field(min_length=2)]  # type: ignore[valid-type]
+    """The parallel layer lists, each applied to the input."""
+    merge: Literal["concat", "add"] = "concat"
+    """concat: stack the outputs' channels (equal heights and widths needed); add: sum them
+    (equal shapes needed)."""
+    activation: ActivationField | None = None
+    """Applied after the merge."""
+
+    child_list_keys: ClassVar[tuple[str, ...]] = ("branches",)
+
+    def branch_shapes(self, shape: Shape) -> list[Shape]:
+        """Each branch's output shape (the input for an empty one)."""
+        return [
+            infer_shapes(b, shape, path=("branches", j))[-1] if b else shape
+            for j, b in enumerate(self.branches)
+        ]
+
+    def output_shape(self, shape: Shape) -> Shape:
+        outs = self.branch_shapes(shape)
+        first = outs[0]
+        for j, out in enumerate(outs[1:], start=1):
+            if self.merge == "add" and out != first:
+                raise LayerShapeError(
+                    ("branches", j),
+                    f"add needs equal shapes: branch 0 gives {fmt(first)}, branch {j} gives "
+                    f"{fmt(out)}",
+                    "make the branches end in the same shape, or merge: concat",
+                )
+            if self.merge == "concat" and (len(out) != len(first) or out[1:] != first[1:]):
+                raise LayerShapeError(
+                    ("branches", j),
+                    f"concat needs equal spatial sizes: branch 0 gives {fmt(first)}, branch {j} "
+                    f"gives {fmt(out)}",
+                    "give the branches the same strides and padding (padding: same keeps sizes)",
+                )
+        if self.merge == "add":
+            return first
+        return (sum(out[0] for out in outs), *first[1:])
+
+
+@LAYERS.register
 class Block(LayerBase):
     """Insert the named block from ``model.blocks``, ``repeat`` times (expanded when loading)."""
 
@@ -62,33 +112,6 @@ class Block(LayerBase):
     repeat: PositiveInt = 1
     params: dict[str, Any] = {}
     """Values for a parameterised block's ``$name`` placeholders (over its defaults)."""
-
-
-def _halve(h: int) -> int:
-    return h // 2
-
-
-def _stride2(h: int) -> int:
-    # a 3x3 (or 7x7 padded 3) stride-2 conv/pool with padding: floor((h - 1) / 2) + 1
-    return (h - 1) // 2 + 1
-
-
-class Arch(StrictModel):
-    """What is known of a torchvision architecture without importing torch."""
-
-    channels: int
-    top_features: int = 1000
-    reductions: int
-    step: Literal["halve", "stride2"]
-    min_size: int
-    blocks: list[str]
-    """Names of the backbone's layers, in order, as freeze/unfreeze may name them."""
-
-    def out_hw(self, h: int) -> int:
-        fn: Callable[[int], int] = _halve if self.step == "halve" else _stride2
-        for _ in range(self.reductions):
-            h = fn(h)
-        return h
 
 
 def _vgg_names(convs: list[int]) -> list[str]:
@@ -111,6 +134,7 @@ ARCHS: dict[str, Arch] = {
         step="stride2",
         min_size=32,
         blocks=["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"],
+        top=["avgpool", "flatten", "fc"],
     ),
     "resnet34": Arch(
         channels=512,
@@ -118,6 +142,7 @@ ARCHS: dict[str, Arch] = {
         step="stride2",
         min_size=32,
         blocks=["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"],
+        top=["avgpool", "flatten", "fc"],
     ),
     "resnet50": Arch(
         channels=2048,
@@ -125,6 +150,7 @@ ARCHS: dict[str, Arch] = {
         step="stride2",
         min_size=32,
         blocks=["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"],
+        top=["avgpool", "flatten", "fc"],
     ),
     "mobilenet_v2": Arch(
         channels=1280,
@@ -134,6 +160,8 @@ ARCHS: dict[str, Arch] = {
         blocks=[f"features_{i}" for i in range(19)],
     ),
 }
+BACKBONE_ARCHS: dict[str, Arch] = {**ARCHS, **TIMM_ARCHS}
+"""torchvision's architectures by their own names, timm's as ``timm/<name>``."""
 
 
 class WeightsFile(StrictModel):
@@ -143,19 +171,42 @@ class WeightsFile(StrictModel):
 
 @LAYERS.register
 class Backbone(LayerBase):
-    """A torchvision architecture as one layer (Keras's ``VGG16(include_top=False, ...)``)."""
+    """A torchvision or timm architecture as one layer (Keras's ``VGG16(include_top=False)``)."""
 
     type: Literal["backbone"] = "backbone"
-    arch: Literal[tuple(ARCHS)]  # type: ignore[valid-type]
+    arch: Literal[tuple(BACKBONE_ARCHS)]  # type: ignore[valid-type]
+    """A torchvision architecture, or ``timm/<name>`` for a timm one (docs/timm.md)."""
     weights: str | WeightsFile | None = None
-    """None: random init; a torchvision weights name (DEFAULT, IMAGENET1K_V1, ...) downloaded
-    on first use; or {path: file.pt}."""
+    """None: random init; a weights name downloaded on first use (torchvision's DEFAULT,
+    IMAGENET1K_V1, ...; timm's DEFAULT or a pretrained tag such as a1_in1k); or {path: file.pt}."""
     include_top: bool = False
     """Keep the ImageNet classifier (1000 outputs); false gives the convolutional base."""
 
+    @field_validator("arch", mode="before")
+    @classmethod
+    def _timm_name_not_in_table(cls, value: Any) -> Any:
+        """A timm name the table lacks, where timm has it or the closest of timm's names is not
+        in the table either: say so and how to add it (else the literal error's did-you-mean)."""
+        if not isinstance(value, str) or not value.startswith(PREFIX) or value in BACKBONE_ARCHS:
+            return value
+        name = value[len(PREFIX) :]
+        missing = (
+            "but its shapes are not in the table validation reads: add it to TABLE_NAMES in "
+            "pipeline/spec/timm_table.py and run `pipeline docs` (docs/timm.md)"
+        )
+        if name in TIMM_NAMES:
+            raise ValueError(f"timm {TIMM_VERSION} has {name!r}, {missing}")
+        close = difflib.get_close_matches(name.lower(), TIMM_NAMES, n=1, cutoff=0.6)
+        if close and PREFIX + close[0] not in BACKBONE_ARCHS:
+            raise ValueError(
+                f"timm {TIMM_VERSION} has no {name!r}; did you mean {PREFIX + close[0]!r}? "
+                f"timm has that, {missing}"
+            )
+        return value
+
     def output_shape(self, shape: Shape) -> Shape:
         c, h, w = need_map(f"backbone {self.arch}", shape)
-        arch = ARCHS[self.arch]
+        arch = BACKBONE_ARCHS[self.arch]
         if c != 3:
             raise ShapeError(
                 f"{self.arch} takes RGB input (3 channels), got {c}",
@@ -216,3 +267,4 @@ class Reuse(LayerBase):
 
 LayerSpec = LAYERS.union()
 Residual.model_rebuild()
+Branch.model_rebuild()

@@ -78,19 +78,46 @@ def class_key(name: str | int) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in str(name).lower()).strip("_")
 
 
-class ClassSelection(StrictModel):
-    """Keep some classes (in the order given: it sets the new label numbers) or drop some."""
+ClassRef = str | int
+"""A source class, by name (compared loosely, see ``class_key``) or by index."""
 
-    keep: list[str | int] | None = None
+
+class ClassSelection(StrictModel):
+    """Keep some classes (in the order given: it sets the new label numbers), drop some, or
+    merge classes into new ones."""
+
+    keep: list[ClassRef] | None = None
     """Classes to keep, by name or index; label i is the i-th listed (binary: the 2nd is 1)."""
-    drop: list[str | int] | None = None
+    drop: list[ClassRef] | None = None
     """Classes to drop; the rest keep their order and are renumbered 0..n-1."""
+    merge: dict[str, Annotated[list[ClassRef], Field(min_length=1)]] | None = None
+    """New classes made of source classes: ``{footwear: [sandal, sneaker, ankle_boot], top:
+    [t_shirt_top, shirt, pullover]}``. Label i is the i-th new class and the outputs take its
+    name; source classes no group lists are left out (as with ``keep``; a group of one keeps a
+    class as it is). A source class belongs to one group at most."""
 
     @model_validator(mode="after")
     def _one_of(self) -> ClassSelection:
-        if (self.keep is None) == (self.drop is None):
-            raise ValueError("give exactly one of 'keep' or 'drop'")
+        given = [k for k in ("keep", "drop", "merge") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'keep', 'drop' or 'merge'")
+        if self.merge is not None and not self.merge:
+            raise ValueError("merge needs at least one new class")
         return self
+
+    def names(self, source: list[str]) -> list[str]:
+        """The class names after selection, given the source's (references left unresolved:
+        a name as written, an index as the source's name at that index when in range)."""
+
+        def name(ref: ClassRef) -> str:
+            return source[ref] if isinstance(ref, int) and 0 <= ref < len(source) else str(ref)
+
+        if self.merge is not None:
+            return list(self.merge)
+        if self.keep is not None:
+            return [name(r) for r in self.keep]
+        dropped = {class_key(name(r)) for r in self.drop or []}
+        return [c for c in source if class_key(c) not in dropped]
 
 
 class ValidationSplit(StrictModel):

@@ -16,8 +16,11 @@ from typing import Any, NamedTuple
 
 from pipeline.spec.activations import PReLU, activation_model
 from pipeline.spec.base import Shape, pair
-from pipeline.spec.composite import Backbone, Residual, Reuse
+from pipeline.spec.composite import Backbone, Branch, Residual, Reuse
 from pipeline.spec.layers import BatchNorm, Conv2D, Dense, Flatten, WeightedLayer
+from pipeline.spec.normalization import GroupNorm, LayerNorm
+from pipeline.spec.spatial import DepthwiseConv2D, SeparableConv2D
+from pipeline.spec.timm_table import TIMM_ARCHS
 
 
 @dataclass
@@ -61,6 +64,9 @@ BACKBONES: dict[str, BackboneSize] = {
     "resnet34": BackboneSize(21_284_672, 21_797_672, 17_024, 224.0),
     "resnet50": BackboneSize(23_508_032, 25_557_032, 53_120, 638.5),
     "mobilenet_v2": BackboneSize(2_223_872, 3_504_872, 34_112, 387.875),
+} | {
+    name: BackboneSize(a.params, a.top_params, a.buffers, a.activations_per_pixel)
+    for name, a in TIMM_ARCHS.items()  # measured from timm when the table was written
 }
 
 Rule = Callable[[Any, Shape, Shape], Footprint]
@@ -133,6 +139,42 @@ def _residual(layer: Residual, shape: Shape, out: Shape) -> Footprint:
     if layer.activation is not None:
         fp.activations += math.prod(out)
     return fp
+
+
+@_rule(Branch)
+def _branch(layer: Branch, shape: Shape, out: Shape) -> Footprint:
+    fp = Footprint()
+    for branch in layer.branches:
+        fp += footprint(branch, shape, inputs=False)
+    fp.activations += math.prod(out)  # the concatenation or sum
+    if layer.activation is not None:
+        fp.activations += math.prod(out)
+    return fp
+
+
+@_rule(DepthwiseConv2D)
+def _depthwise(layer: DepthwiseConv2D, shape: Shape, out: Shape) -> Footprint:
+    kh, kw = pair(layer.kernel_size)
+    fp = Footprint(params=out[0] * kh * kw)
+    fp += _extras(layer, out)
+    return fp
+
+
+@_rule(SeparableConv2D)
+def _separable(layer: SeparableConv2D, shape: Shape, out: Shape) -> Footprint:
+    kh, kw = pair(layer.kernel_size)
+    inner = shape[0] * layer.depth_multiplier
+    fp = Footprint(params=inner * kh * kw + inner * layer.filters)
+    fp.activations += inner * math.prod(out[1:])  # the depthwise output
+    fp += _extras(layer, out)
+    return fp
+
+
+def _affine_norm(layer: LayerNorm | GroupNorm, shape: Shape, out: Shape) -> Footprint:
+    return Footprint(params=2 * shape[0] if layer.affine else 0, activations=math.prod(out))
+
+
+RULES[LayerNorm] = RULES[GroupNorm] = _affine_norm
 
 
 @_rule(Backbone)

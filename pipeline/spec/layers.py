@@ -92,6 +92,32 @@ class WeightedLayer(LayerBase):
     """After each step, rescale each output unit's incoming weight vector to norm <= this."""
 
 
+class ConvWindow(WeightedLayer):
+    """The sliding window of the depthwise and separable convolutions (conv2d declares the
+    same fields itself, after ``filters``, so that its resolved specs keep their key order)."""
+
+    kernel_size: IntPair
+    stride: IntPair = 1
+    padding: Padding = "valid"
+    """'valid' (none), 'same' (output = ceil(input / stride), as Keras), or pixels per side."""
+    dilation: IntPair = 1
+
+
+def conv_window(layer: Conv2D | ConvWindow, h: int, w: int) -> tuple[int, int]:
+    """The output height and width of ``layer``'s window on an h x w map; ShapeError when the
+    kernel does not fit."""
+    (kh, kw), (sh, sw), (dh, dw) = pair(layer.kernel_size), pair(layer.stride), pair(layer.dilation)
+    ph, pw = _pads(layer.padding)
+    oh, ow = window_out(h, kh, sh, ph, dh), window_out(w, kw, sw, pw, dw)
+    if oh < 1 or ow < 1:
+        raise ShapeError(
+            f"a {kh}x{kw} kernel (dilation {dh}x{dw}) does not fit the {h}x{w} input: the "
+            f"output would be {oh}x{ow}",
+            "use padding: same, a smaller kernel, or fewer downsampling layers before it",
+        )
+    return oh, ow
+
+
 @LAYERS.register
 class Conv2D(WeightedLayer):
     """2-D convolution; a 1x1 kernel mixes channels without looking at neighbours."""
@@ -114,20 +140,7 @@ class Conv2D(WeightedLayer):
                 f"groups={self.groups} must divide input channels ({c}) and filters "
                 f"({self.filters})"
             )
-        (kh, kw), (sh, sw), (dh, dw) = (
-            pair(self.kernel_size),
-            pair(self.stride),
-            pair(self.dilation),
-        )
-        ph, pw = _pads(self.padding)
-        oh, ow = window_out(h, kh, sh, ph, dh), window_out(w, kw, sw, pw, dw)
-        if oh < 1 or ow < 1:
-            raise ShapeError(
-                f"a {kh}x{kw} kernel (dilation {dh}x{dw}) does not fit the {h}x{w} input: the "
-                f"output would be {oh}x{ow}",
-                "use padding: same, a smaller kernel, or fewer downsampling layers before it",
-            )
-        return (self.filters, oh, ow)
+        return (self.filters, *conv_window(self, h, w))
 
 
 @LAYERS.register

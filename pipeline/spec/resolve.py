@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from pipeline.spec.base import LAYERS, LayerKind
+from pipeline.spec.base import LAYERS, LayerKind, child_lists
 from pipeline.spec.composite import Block
 from pipeline.spec.errors import PathPart, Problem, did_you_mean
 
@@ -214,10 +214,13 @@ def _expand(
             continue
         kind_defaults = defaults.get(kind.type_name) if kind is not None else None
         item = under(kind_defaults, layer) if isinstance(kind_defaults, Mapping) else layer
-        for key in kind.child_keys if kind is not None else ():  # a residual's branch, ...
-            if isinstance(item.get(key), list):
-                item = copy.copy(item)
-                item[key] = _expand(item[key], blocks, defaults, problems, (*path, i, key), stack)
+        item = _map_children(
+            item,
+            kind,
+            lambda keys, children, at=(*path, i): _expand(
+                children, blocks, defaults, problems, (*at, *keys), stack
+            ),
+        )
         out.append(item)
         if marks_out is not None:
             marks_out.append(mark)
@@ -291,9 +294,30 @@ def _prefixed(layer: Any, tag: str) -> Any:
     out = copy.copy(layer)
     if layer.get("name"):
         out["name"] = f"{tag}_{layer['name']}"
-    kind = _kind(layer)
-    for key in kind.child_keys if kind is not None else ():
-        if isinstance(layer.get(key), list):
-            out[key] = copy.copy(layer[key])  # keeps the list's marks
-            out[key][:] = [_prefixed(child, tag) for child in layer[key]]
+    return _map_children(out, _kind(layer), lambda _, children: _prefixed_list(children, tag))
+
+
+def _prefixed_list(layers: list, tag: str) -> list:
+    out = copy.copy(layers)  # keeps the list's marks
+    out[:] = [_prefixed(child, tag) for child in layers]
+    return out
+
+
+def _map_children(
+    item: Any, kind: type[LayerKind] | None, fn: Callable[[tuple[PathPart, ...], list], list]
+) -> Any:
+    """A copy of the raw layer ``item`` with each nested layer list (a residual's ``layers``,
+    each of a branch's ``branches``) replaced by ``fn(key path, list)``; marks are kept."""
+    nested = list(child_lists(kind, item.get)) if kind is not None else []
+    if not nested:
+        return item
+    out = copy.copy(item)
+    for keys, children in nested:
+        if len(keys) == 1:
+            out[keys[0]] = fn(keys, children)
+        else:  # one list of a list of lists: copy the outer list once, then replace in it
+            key, j = keys
+            if out[key] is item[key]:
+                out[key] = copy.copy(item[key])
+            out[key][j] = fn(keys, children)
     return out

@@ -1,12 +1,13 @@
 """The layer names that ``freeze``, ``unfreeze`` and ``param_groups`` may use, torch-free.
 
 The same table as :func:`pipeline.train.params.layer_table` builds from the model, in model
-order: each top-level layer; the layers nested in it (a residual's branch by their own names,
-a backbone's blocks as ``<backbone>.<block>`` and bare, a reused model's layers as
+order: each top-level layer; the layers nested in it (a residual's and a branch's by their own
+names, a backbone's blocks as ``<backbone>.<block>`` and bare, a reused model's layers as
 ``<reuse>.<layer>``); and the names ``pipeline summary --expand`` gives a composite's parts
-(``<residual>.<layer>``, ``<residual>.shortcut``). A name given twice means its first layer,
-except that a top-level layer's own name always means that layer. Each entry carries the
-module's path in the built model, so two names of one layer are known to be one layer.
+(``<residual>.<layer>``, ``<residual>.shortcut``, ``<branch>.<layer>``). A name given twice
+means its first layer, except that a top-level layer's own name always means that layer. Each
+entry carries the module's path in the built model, so two names of one layer are known to be
+one layer.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.spec.composite import ARCHS, Backbone, Residual, Reuse
+from pipeline.spec.composite import BACKBONE_ARCHS, Backbone, Branch, Residual, Reuse
 from pipeline.spec.layers import ShapeError
 from pipeline.spec.shapes import named_layers
 from pipeline.spec.train import LayerRange
@@ -35,9 +36,9 @@ class Selectable:
 
 
 def backbone_blocks(layer: Backbone) -> list[str]:
-    """The children of a built backbone: its blocks, then with ``include_top`` its head."""
-    top = ["avgpool", "flatten", "fc" if layer.arch.startswith("resnet") else "classifier"]
-    return ARCHS[layer.arch].blocks + (top if layer.include_top else [])
+    """The children of a built backbone: its blocks, then with ``include_top`` its head (a timm
+    backbone: the timm model's own top-level children)."""
+    return BACKBONE_ARCHS[layer.arch].children(layer.include_top)
 
 
 def _inner(
@@ -51,6 +52,14 @@ def _inner(
             child_path = f"{path}.branch.{child_name}"
             yield child_name, child_path
             yield from _inner(child_name, child, child_path, names, (*at, "layers", i))
+    elif isinstance(layer, Branch):
+        for j, branch in enumerate(layer.branches):
+            for i, child in enumerate(branch):
+                at_child = (*at, "branches", j, i)
+                child_name = names[at_child]
+                child_path = f"{path}.branches.{j}.{child_name}"
+                yield child_name, child_path
+                yield from _inner(child_name, child, child_path, names, at_child)
     elif isinstance(layer, Backbone):
         for block in backbone_blocks(layer):
             yield f"{name}.{block}", f"{path}.{block}"
@@ -70,8 +79,14 @@ def _inner(
 
 
 def _parts(name: str, layer: Any, names: dict[tuple, str], at: tuple) -> list[tuple[str, str]]:
-    """The summary's ``<composite>.<part>`` rows of a top-level residual (a backbone's and a
-    reused model's are among their inner names already)."""
+    """The summary's ``<composite>.<part>`` rows of a top-level residual or branch (a
+    backbone's and a reused model's are among their inner names already)."""
+    if isinstance(layer, Branch):
+        return [
+            (f"{name}.{k}", f"{name}.branches.{j}.{k}")
+            for j, branch in enumerate(layer.branches)
+            for k in (names[(*at, "branches", j, i)] for i in range(len(branch)))
+        ]
     if not isinstance(layer, Residual):
         return []
     kids = [names[(*at, "layers", i)] for i in range(len(layer.layers))]

@@ -44,5 +44,5 @@ def named_layers(
         counts[layer.type] += 1
         name = layer.name or f"{layer.type}_{counts[layer.type]}"
         yield (*prefix, i), name, layer
-        for key, children in layer.sublayers():
-            yield from named_layers(children, counts, (*prefix, i, key))
+        for keys, children in layer.sublayers():
+            yield from named_layers(children, counts, (*prefix, i, *keys))

@@ -20,25 +20,31 @@ class SplitSizes:
     test: int | None
 
 
-def _mapping(selection: ClassSelection | None, classes: list[str]) -> list[int] | None:
-    """Source class of each kept class, as prepare maps them; None for a reference prepare
-    will refuse (it says why)."""
+def _mapping(selection: ClassSelection | None, classes: list[str]) -> list[list[int]] | None:
+    """Source classes of each kept (or merged) class, as prepare maps them; None for a
+    reference prepare will refuse (it says why)."""
     if selection is None:
-        return list(range(len(classes)))
+        return [[i] for i in range(len(classes))]
     keys = [class_key(c) for c in classes]
-    picked = []
-    for ref in selection.keep if selection.keep is not None else selection.drop or []:
+
+    def index(ref: str | int) -> int | None:
         if isinstance(ref, int):
-            if not 0 <= ref < len(classes):
-                return None
-            picked.append(ref)
-        elif class_key(ref) in keys:
-            picked.append(keys.index(class_key(ref)))
-        else:
+            return ref if 0 <= ref < len(classes) else None
+        return keys.index(class_key(ref)) if class_key(ref) in keys else None
+
+    if selection.merge is not None:
+        groups = [[index(r) for r in refs] for refs in selection.merge.values()]
+        if any(i is None for g in groups for i in g):
             return None
+        return groups  # type: ignore[return-value]
+    picked = [
+        index(r) for r in (selection.keep if selection.keep is not None else selection.drop or [])
+    ]
+    if any(i is None for i in picked):
+        return None
     if selection.keep is not None:
-        return picked
-    return [i for i in range(len(classes)) if i not in picked]
+        return [[i] for i in picked]  # type: ignore[list-item]
+    return [[i] for i in range(len(classes)) if i not in picked]
 
 
 def split_sizes(data: DataSection) -> SplitSizes | None:
@@ -50,8 +56,8 @@ def split_sizes(data: DataSection) -> SplitSizes | None:
     mapping = _mapping(data.classes, table.classes)
     if not mapping:
         return None
-    train: list[int] | None = [table.train_counts[i] for i in mapping]
-    test = [table.test_counts[i] for i in mapping]
+    train: list[int] | None = [sum(table.train_counts[i] for i in g) for g in mapping]
+    test = [sum(table.test_counts[i] for i in g) for g in mapping]
     train_total: int | None = sum(train)
     val: int | None = None
     v = data.validation
@@ -71,7 +77,7 @@ def split_sizes(data: DataSection) -> SplitSizes | None:
         if per is not None:
             if train is not None:
                 train_total = sum(min(n, per) for n in train)
-            elif per < max(table.train_counts[i] for i in mapping):
+            elif per < max(sum(table.train_counts[i] for i in g) for g in mapping):
                 train_total = None  # unless no class is cut, it depends on the first N's classes
     if sub is not None and sub.test_per_class is not None:
         test = [min(n, sub.test_per_class) for n in test]

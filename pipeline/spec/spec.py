@@ -160,6 +160,8 @@ class Spec(StrictModel):
         """Classes after selection, when known without reading the data."""
         sel = self.data.classes
         source = self.data.source_classes()
+        if sel is not None and sel.merge is not None:
+            return len(sel.merge)
         if sel is not None and sel.keep is not None:
             return len(sel.keep)
         if source is None:

@@ -110,10 +110,15 @@ def load(
     return state
 
 
-def load_weights(model: nn.Module, state: dict[str, Any], path: Path) -> None:
-    """``model.load_state_dict`` of a checkpoint's weights, failing with a CheckpointError."""
+def load_weights(
+    model: nn.Module, state: dict[str, Any], path: Path, *, averaged: bool = False
+) -> None:
+    """``model.load_state_dict`` of a checkpoint's weights, failing with a CheckpointError.
+    ``averaged``: the weights to predict with, train.ema's average where the run kept one
+    (the checkpoint holds both: the model's own to resume, the average to use)."""
+    ema = state.get("ema") if averaged else None
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(ema["weights"] if ema else state["model"])
     except (RuntimeError, TypeError, AttributeError) as err:
         raise CheckpointError(
             f"the weights in {path} do not fit the model ({_first_line(err)}): train again, "
@@ -128,13 +133,14 @@ def load_trained(
     run: Run | None = None,
     device: str | torch.device = "cpu",
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The spec's model with the weights of its run's ``which`` checkpoint (best or last), in
-    eval mode on ``device``, and the checkpoint (epoch, run id ...)."""
+    """The spec's model with the weights of its run's ``which`` checkpoint (best, last or
+    swa; train.ema's average where the run kept one), in eval mode on ``device``, and the
+    checkpoint (epoch, run id ...)."""
     from pipeline.model.build import build_model
 
     path = (run or Run.of(spec)).checkpoint(which)
     state = load(path, spec, map_location=device)
     # the checkpoint supersedes pretrained or reused weights: never fetch or read those
     model = build_model(spec, device=device, load_weights=False)
-    load_weights(model, state, path)
+    load_weights(model, state, path, averaged=True)
     return model.eval(), state

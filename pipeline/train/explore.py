@@ -75,8 +75,9 @@ def _setup(spec: Spec, prepared: Any) -> tuple[Any, Any, Any, torch.device]:
         seed=spec.seed,
         device=device,
         transform=build_augment(spec.augment),
+        balanced=spec.train.sampler == "balanced",
     )
-    return model, loader, spec_loss(spec), device
+    return model, loader, spec_loss(spec, prepared), device
 
 
 def lr_find(

@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from pipeline import atomic, runtime
-from pipeline.data.loader import epoch_seed
 from pipeline.errors import ConfigurationError, Interrupted
 from pipeline.run import Run
 from pipeline.spec.spec import Spec
@@ -29,13 +28,17 @@ from pipeline.spec.train import Phase
 from pipeline.train import checkpoint as ckpt
 from pipeline.train import diagnostics, distributed, outcome
 from pipeline.train import params as P
+from pipeline.train.averaging import WeightEMA, WeightSWA
 from pipeline.train.distributed import World
-from pipeline.train.live import RUN_COLUMNS, log_live, open_live, progress
+from pipeline.train.epoch import optimizer_steps, train_epoch
+from pipeline.train.finish import finish_swa
+from pipeline.train.live import RUN_COLUMNS, log_live, open_live
 from pipeline.train.metrics import training_targets
-from pipeline.train.optim import build_optimizer, clip_gradients
+from pipeline.train.optim import build_optimizer
 from pipeline.train.outcome import TrainingDiverged
 from pipeline.train.schedules import LRSchedule
 from pipeline.train.state import State, Stopper, better, direction, rng_state, set_rng_state
+from pipeline.train.topk import TopK
 
 __all__ = ["TrainResult", "Trainer", "TrainingDiverged", "train"]
 
@@ -107,6 +110,9 @@ class Trainer:
             self.model = self.model.to(memory_format=self.memory_format)
         self.eval_forward = torch.compile(self.model) if t.compile else self.model
         self.forward = self.eval_forward  # training's: wrapped in DDP per phase in a group
+        self.ddp: nn.parallel.DistributedDataParallel | None = None
+        self.ema = WeightEMA(self.model, t.ema) if t.ema else None  # validated, evaluated
+        self.swa = WeightSWA(self.model, t.swa) if t.swa else None
         self.amp = runtime.autocast_dtype(t.precision, self.device)
         self.precision = runtime.precision_name(self.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
@@ -116,16 +122,16 @@ class Trainer:
         shard = (self.world.rank, self.world.size) if self.world.distributed else None
         if shard is not None:
             distributed.check_batch(t.batch_size, self.world)
+        sampling = {"shuffle": True, "seed": spec.seed, "balanced": t.sampler == "balanced",
+                    "drop_last": t.drop_last, "shard": shard, **common}  # fmt: skip
         if spec.augment.mode == "offline" and spec.augment.transforms:
             x, y = offline_set(spec, prepared, self.log)
             self.train_loader = BatchLoader(
-                x, y, t.batch_size, shuffle=True, seed=spec.seed, drop_last=t.drop_last,
-                mean=prepared.mean, std=prepared.std, shard=shard, **common)  # fmt: skip
+                x, y, t.batch_size, mean=prepared.mean, std=prepared.std, **sampling)  # fmt: skip
         else:
             self.train_loader = BatchLoader.from_prepared(
-                prepared, "train", t.batch_size, shuffle=True, seed=spec.seed,
-                drop_last=t.drop_last, transform=build_augment(spec.augment), shard=shard,
-                **common)  # fmt: skip
+                prepared, "train", t.batch_size, transform=build_augment(spec.augment),
+                **sampling)  # fmt: skip
         self.val_loader = (
             BatchLoader.from_prepared(
                 prepared, "val", spec.evaluate.batch_size, part=shard, **common
@@ -144,6 +150,8 @@ class Trainer:
             )
         self.monitor, self.monitor_mode = monitor, direction(monitor, t.checkpoint.mode)
         self.stopper = Stopper(t.early_stopping) if t.early_stopping else None
+        keep = t.checkpoint.keep_top
+        self.top = TopK(run.checkpoints, keep, monitor, self.monitor_mode) if keep else None
         self.state = State()
         self.run_id: str | None = None
 
@@ -162,77 +170,23 @@ class Trainer:
             ddp = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device] if self.device.type == "cuda" else None
             )
-            self.forward = torch.compile(ddp) if self.spec.train.compile else ddp
+            self.ddp, self.forward = ddp, torch.compile(ddp) if self.spec.train.compile else ddp
         optimizer = build_optimizer(opt_spec, P.param_groups(self.model, opt_spec))
         schedule = LRSchedule(
             phase.schedule or self.spec.schedule,
             optimizer,
-            steps_per_epoch=len(self.train_loader),
+            steps_per_epoch=optimizer_steps(len(self.train_loader), self.spec.train.accumulate),
             epochs=phase.epochs,
         )
         return optimizer, schedule
 
     # ---- one epoch ----------------------------------------------------------------------
 
-    def _train_epoch(
-        self, epoch: int, optimizer: torch.optim.Optimizer, schedule: LRSchedule
-    ) -> dict[str, float]:
-        self.model.train()
-        self.train_loader.set_epoch(epoch)
-        if self.world.distributed:  # dropout and friends: their own stream per rank and epoch
-            torch.manual_seed(epoch_seed(self.spec.seed, epoch, 100 + self.world.rank))
-        metrics = self.metrics(self.device)
-        reg_total = torch.zeros((), device=self.device)
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        # a host sync (CUDA) or a collective (several ranks) every 25 steps, not every step
-        check_every = 1 if self.device.type == "cpu" and not self.world.distributed else 25
-        bad = torch.zeros((), dtype=torch.bool, device=self.device)
-        world, loader = self.world, self.train_loader
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.amp)
-            if self.amp
-            else contextlib.nullcontext()
-        )
-        for step, (x, y) in enumerate(progress(self.train_loader, f"epoch {epoch + 1}")):
-            x, target, y = self.mix(x, y, epoch, step)  # mixup/cutmix: soft targets, dominant y
-            with autocast:
-                logits = self.forward(x)
-            loss = self.loss(logits.float(), target)  # the loss in fp32 whatever the autocast
-            total = loss
-            if world.distributed:  # DDP averages over ranks: weigh a short last batch's shares
-                share = len(y) * world.size / loader.global_batch(step)
-                if share != 1.0:
-                    total = loss * share
-            reg = P.penalty(self.constraints)
-            if reg is not None:
-                total = loss + reg
-                reg_total += reg.detach()
-            optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
-            if self.opt_spec.clip_value or self.opt_spec.clip_norm:
-                self.scaler.unscale_(optimizer)
-                clip_gradients(self.opt_spec, params)
-            self.scaler.step(optimizer)
-            self.scaler.update()
-            P.apply_max_norm(self.constraints)
-            schedule.after_step()
-            metrics.update(logits.float(), y, loss.float())
-            bad |= ~torch.isfinite(loss.detach())
-            if step % check_every == 0 and world.any(bad):
-                raise TrainingDiverged(
-                    f"the loss became NaN/inf at epoch {epoch + 1}, step {step + 1}"
-                    + ("" if check_every == 1 else f" (checked every {check_every} steps)")
-                )
-        if world.any(bad):
-            raise TrainingDiverged(f"the loss became NaN/inf during epoch {epoch + 1}")
-        out = metrics.compute(world)
-        if self.constraints:
-            out["reg_loss"] = reg_total.item() / max(len(self.train_loader), 1)
-        return out
-
     @torch.no_grad()
-    def evaluate(self, loader: Any) -> dict[str, float]:
-        self.model.eval()
+    def evaluate(self, loader: Any, model: nn.Module | None = None) -> dict[str, float]:
+        """Metrics of ``model``, by default the model validated: train.ema's average if set."""
+        model = model or (self.ema.module if self.ema is not None else self.eval_forward)
+        model.eval()
         metrics = self.metrics(self.device)
         autocast = (
             torch.autocast(self.device.type, dtype=self.amp)
@@ -241,19 +195,23 @@ class Trainer:
         )
         for x, y in loader:
             with autocast:
-                logits = self.eval_forward(x)  # never DDP's: the ranks' parts differ in length
+                logits = model(x)  # never DDP's: the ranks' parts differ in length
             metrics.update(logits.float(), y, self.loss(logits.float(), y))
         return metrics.compute(self.world)
 
     # ---- checkpoints --------------------------------------------------------------------
 
-    def _save(self, name: str, optimizer: Any, schedule: Any, phase_index: int) -> None:
+    def _save(self, name: str | Path, optimizer: Any, schedule: Any, phase_index: int) -> None:
+        """Checkpoint ``name`` (best, last) or the file at a path (a top-k one)."""
         if name == "last":
             self.state.saved = self.state.epoch
         if not self.main:
             return
-        ckpt.save(self.run_folder.checkpoint(name), self.spec, {
+        path = name if isinstance(name, Path) else self.run_folder.checkpoint(name)
+        ckpt.save(path, self.spec, {
             "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "swa": self.swa.state_dict() if self.swa is not None else None,
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -267,7 +225,16 @@ class Trainer:
     def _restore(self, state: dict[str, Any]) -> None:
         """Take up a stopped run from its last checkpoint: all but optimizer and schedule,
         which its phase's own take when the phase is entered."""
-        ckpt.load_weights(self.model, state, self.run_folder.checkpoint("last"))
+        last = self.run_folder.checkpoint("last")
+        ckpt.load_weights(self.model, state, last)
+        for what, average in (("ema", self.ema), ("swa", self.swa)):
+            if average is not None and not state.get(what):
+                raise ckpt.CheckpointError(
+                    f"{last} cannot be resumed exactly: it holds no train.{what} average (the "
+                    f"spec added train.{what} since); train again without --resume"
+                )
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         self.state = State.from_checkpoint(state)
         if self.stopper is not None:
             self.stopper.check(self.state)  # a run that had stopped stays stopped
@@ -328,6 +295,8 @@ class Trainer:
             if resume_state is not None and index == start_phase:
                 optimizer.load_state_dict(resume_state["optimizer"])
                 schedule.load_state_dict(resume_state["schedule"])
+                if self.swa is not None:  # its annealing is bound to this optimizer
+                    self.swa.load_state_dict(resume_state["swa"], optimizer)
             for epoch in range(max(self.state.epoch, phase_start), phase_start + phase.epochs):
                 self._epoch(epoch, phase, index, optimizer, schedule)
                 if self.state.stopped:
@@ -339,6 +308,9 @@ class Trainer:
         if self.state.stopped:
             self.log(self.state.stopped)
         weights = self._restore_best() if self.main else None
+        swa = finish_swa(self) if self.swa is not None and self.state.epoch else None
+        if swa is not None:  # the run's result is the average, whatever restore_best took
+            weights = {"epoch": self.state.epoch, "restored_best": False, "swa": swa}
         self._write_summary(weights=weights)
         self.world.barrier()  # rank 0's files are written before any rank returns
         return TrainResult(
@@ -350,16 +322,25 @@ class Trainer:
         Which epoch's weights the model ends with."""
         s, es, best_path = self.state, self.spec.train.early_stopping, self.run_folder.checkpoint()
         if es is None or not es.restore_best or not best_path.is_file():
-            return {"epoch": s.epoch, "restored_best": False}
+            return self._averaged({"epoch": s.epoch, "restored_best": False})
         best = ckpt.load(best_path, self.spec, map_location=self.device)
-        if best["epoch"] == s.epoch:
-            return {"epoch": s.epoch, "restored_best": False}  # the last epoch is the best
-        ckpt.load_weights(self.model, best, best_path)
+        if best["epoch"] == s.epoch:  # the last epoch is the best
+            return self._averaged({"epoch": s.epoch, "restored_best": False})
+        ckpt.load_weights(self.model, best, best_path, averaged=True)
         self.log(
             f"restored the weights of the best epoch {best['epoch']} ({self.monitor} "
             f"{best['best']:.4f}) from {best_path}; last.pt keeps epoch {s.epoch}'s"
         )
-        return {"epoch": best["epoch"], "restored_best": True}
+        return self._averaged({"epoch": best["epoch"], "restored_best": True}, loaded=True)
+
+    def _averaged(self, weights: dict[str, Any], loaded: bool = False) -> dict[str, Any]:
+        """With train.ema the model ends with the average (``loaded``: already), as validated
+        and saved; ``weights`` says so."""
+        if self.ema is None:
+            return weights
+        if not loaded:
+            self.model.load_state_dict(self.ema.weights())
+        return {**weights, "ema": True}
 
     def _diverged(self, epoch: int, err: TrainingDiverged) -> TrainingDiverged:
         """Record a divergence (history, train.json); the error says truly what is kept."""
@@ -373,22 +354,28 @@ class Trainer:
         self, epoch: int, phase: Phase, index: int, optimizer: Any, schedule: LRSchedule
     ) -> dict[str, Any]:
         began = time.perf_counter()
+        averaging = self.swa is not None and self.swa.active(epoch)
+        if self.swa is not None:
+            self.swa.begin(epoch, optimizer)
         lr = optimizer.param_groups[0]["lr"]
         try:
             row: dict[str, Any] = {
                 "epoch": epoch + 1,
                 "phase": phase.name or str(index + 1),
                 "lr": lr,
-                **self._train_epoch(epoch, optimizer, schedule),
+                **train_epoch(self, epoch, optimizer, schedule, swa=averaging),
             }
         except TrainingDiverged as err:
             raise self._diverged(epoch, err) from None
         train_s = time.perf_counter() - began
+        if averaging:  # SWALR sets the next epoch's rate, not the schedule
+            self.swa.end_epoch(self.model)  # type: ignore[union-attr]
         if self.val_loader is not None:
             row.update({f"val_{k}": v for k, v in self.evaluate(self.val_loader).items()})
         row["time_s"] = round(time.perf_counter() - began, 3)
         row["train_images_per_s"] = round(self.train_loader.n / train_s, 1)
-        schedule.after_epoch(row)
+        if not averaging:
+            schedule.after_epoch(row)
         if self.spec.train.diagnostics and self.main:  # before the checkpoint: draws dropout
             diagnostics.record(self.run_folder, epoch, self.model, self.loss, self.train_loader)
         s = self.state
@@ -400,6 +387,8 @@ class Trainer:
             s.best, s.best_epoch = row[self.monitor], epoch + 1
             if self.spec.train.checkpoint.best:
                 self._save("best", optimizer, schedule, index)
+        if self.top is not None and self.main:
+            self.top.update(s.history, lambda path: self._save(path, optimizer, schedule, index))
         self._save("last", optimizer, schedule, index)  # always: --resume needs it
         self._write_history()
         if self.main:
@@ -431,6 +420,8 @@ class Trainer:
             return
         s = outcome.summary(self.run_id, self.state, self.monitor, **how)
         s["precision"] = self.precision
+        if self.top is not None:
+            s["top_checkpoints"] = self.top.listing(self.state.history)
         s["world_size"] = self.world.size
         self.run_folder.write_json(self.run_folder.summary, s)
 
@@ -500,12 +491,14 @@ def _launch(spec: Spec, *, prepared: Any, out: Path | None, run: Run, resume: bo
         raise _stopped_group(stop.signum, run) from None
     summary = json.loads(run.summary.read_text())
     history = State.from_checkpoint(ckpt.load(run.checkpoint("last"), spec)).history
-    model, _ = ckpt.load_trained(spec, "best" if _restored(summary) else "last", run=run)
+    model, _ = ckpt.load_trained(spec, _ended_with(summary), run=run)
     return TrainResult(model, history, summary.get("best_epoch"), summary.get("stopped"), run.dir)
 
 
-def _restored(summary: dict[str, Any]) -> bool:
-    return bool((summary.get("weights") or {}).get("restored_best"))
+def _ended_with(summary: dict[str, Any]) -> str:
+    """The checkpoint holding the weights the group's run ended with (train.json says)."""
+    weights = summary.get("weights") or {}
+    return "swa" if weights.get("swa") else "best" if weights.get("restored_best") else "last"
 
 
 def _stopped_group(signum: int, run: Run) -> Interrupted:

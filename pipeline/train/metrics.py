@@ -2,41 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 
+from pipeline.data.class_weights import resolve_class_weights
 from pipeline.errors import ConfigurationError
 from pipeline.spec.spec import Spec
+from pipeline.train.losses import ClassWeights, LossFn, LossOptions, build_loss
+
+if TYPE_CHECKING:
+    from pipeline.data.prepare import Prepared
 
 
-def loss_fn(kind: str, outputs: int, label_smoothing: float, multi_label: bool = False):
-    """Cross-entropy on logits for several outputs, binary cross-entropy on logits for one or,
-    multi-label, for each. Either takes class indices or soft targets (mixup, cutmix)."""
-    if kind == "auto":
-        kind = "binary_cross_entropy" if outputs == 1 or multi_label else "cross_entropy"
-    if multi_label and kind != "binary_cross_entropy":
-        raise ConfigurationError(f"multi-label data needs binary_cross_entropy, not {kind}")
-    if kind == "binary_cross_entropy":
-        if outputs != 1 and not multi_label:
-            raise ConfigurationError(
-                f"binary_cross_entropy needs one output unit, the model has {outputs}"
-            )
-
-        def bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            target = y.to(logits.dtype).view_as(logits)
-            if label_smoothing:
-                target = target * (1 - label_smoothing) + 0.5 * label_smoothing
-            return F.binary_cross_entropy_with_logits(logits, target)
-
-        return bce
-
-    def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-
-    return ce
+def loss_fn(
+    kind: str,
+    outputs: int,
+    label_smoothing: float,
+    weights: list[float] | None = None,
+    gamma: float = 2.0,
+    multi_label: bool = False,
+) -> LossFn:
+    """The loss ``kind`` on logits (:mod:`.losses`), with per-class ``weights``; multi-label:
+    a binary cross-entropy per output."""
+    w = ClassWeights(weights) if weights is not None else None
+    return build_loss(kind, LossOptions(outputs, label_smoothing, w, gamma, multi_label))
 
 
 def predictions(logits: torch.Tensor) -> torch.Tensor:
@@ -72,6 +62,12 @@ class RunningMetrics:
             self.topk += hits
         self.count += n
 
+    def running(self) -> str:
+        """This rank's loss and accuracy so far, for the progress bar: one host sync (CUDA)."""
+        n = max(self.count, 1)
+        both = torch.stack([self.loss, self.correct.double()]).tolist()
+        return f"loss {both[0] / n:.4f} acc {both[1] / n:.4f}"
+
     def compute(self, world: Any = None, prefix: str = "") -> dict[str, float]:
         """The metrics so far; with ``world`` (a distributed group) over every rank's part."""
         if world is not None and world.distributed:
@@ -97,16 +93,26 @@ def output_units(spec: Spec) -> int:
     return infer_shapes(spec.model.layers, shape, ())[-1][0]  # type: ignore[arg-type]
 
 
-def spec_loss(spec: Spec) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The spec's loss on logits, for its number of outputs."""
+def spec_loss(spec: Spec, prepared: Prepared | None = None) -> LossFn:
+    """The spec's loss on logits, for its number of outputs (multi-label: one binary
+    cross-entropy each), with the class weights ``train.class_weights`` gives for
+    ``prepared``'s classes."""
     t = spec.train
-    return loss_fn(t.loss, output_units(spec), t.label_smoothing, spec.data.multi_label)
+    weights = None
+    if t.class_weights is not None:
+        if prepared is None:
+            raise ConfigurationError("train.class_weights needs the prepared data's classes")
+        weights = resolve_class_weights(t.class_weights, prepared.meta)
+    outputs = output_units(spec)
+    return loss_fn(
+        t.loss, outputs, t.label_smoothing, weights, t.focal_gamma, spec.data.multi_label
+    )
 
 
-def training_targets(spec: Spec, prepared: Any, world: Any) -> tuple[Any, Any, Any]:
-    """What the trainer compares its outputs with: the loss, the batch mixer (mixup, cutmix;
-    training batches only, each rank its own draws) and a factory of running metrics on a
-    device (multi-label's or not)."""
+def training_targets(spec: Spec, prepared: Prepared, world: Any) -> tuple[LossFn, Any, Any]:
+    """What the trainer compares its outputs with: the loss (:func:`spec_loss`), the batch
+    mixer (mixup, cutmix; training batches only, each rank its own draws) and a factory of
+    running metrics on a device (multi-label's or not)."""
     from pipeline.train.mix import BatchMixer
     from pipeline.train.multilabel import MultiLabelMetrics
 
@@ -123,4 +129,4 @@ def training_targets(spec: Spec, prepared: Any, world: Any) -> tuple[Any, Any, A
             return MultiLabelMetrics(classes, spec.evaluate.threshold, on)
         return RunningMetrics(spec.train.top_k, on)
 
-    return spec_loss(spec), mixer, metrics
+    return spec_loss(spec, prepared), mixer, metrics

@@ -69,6 +69,12 @@ class MultiLabelMetrics:
         self.per_class += torch.stack([tp, fp, fn]).double()
         self.count += len(y)
 
+    def running(self) -> str:
+        """This rank's loss and subset accuracy so far, for the progress bar: one host sync."""
+        loss, exact, _ = self.sums.tolist()
+        n = max(self.count, 1)
+        return f"loss {loss / n:.4f} subset_acc {exact / n:.4f}"
+
     def compute(self, world: Any = None) -> dict[str, float]:
         if world is not None and world.distributed:
             n = torch.tensor([float(self.count)], dtype=torch.float64, device=self.device)

@@ -51,6 +51,18 @@ MAP_KINDS = """
     - {type: conv2d, filters: 32, kernel_size: 3, padding: same, batch_norm: before,
        activation: silu}
     - {type: spatial_dropout2d, rate: 0.1}
+- {type: upsample, scale_factor: 2}                             # 32,4,4
+- {type: depthwise_conv2d, kernel_size: 3, depth_multiplier: 2, stride: 2, padding: same,
+   activation: relu}                                            # 64,2,2
+- {type: separable_conv2d, filters: 32, kernel_size: 3, padding: same, batch_norm: after}
+- {type: group_norm, groups: 8}
+- {type: layer_norm}
+- type: branch
+  merge: add
+  branches:
+    - [{type: conv2d, filters: 32, kernel_size: 1}]
+    - []                                                        # 32,2,2
+- {type: upsample, size: [4, 3], mode: bilinear}                # 32,4,3
 - {type: selu}
 - {type: tanh}
 - {type: sigmoid}
@@ -66,6 +78,7 @@ MAP_KINDS = """
 - {type: scale, factor: 0.5}
 - {type: adaptive_max_pool2d, output_size: [3, 2]}              # 32,3,2
 - {type: global_avg_pool2d}                                     # 32
+- {type: layer_norm, affine: false}
 - {type: flatten}
 - {type: dropout, rate: 0.2}
 - {type: alpha_dropout, rate: 0.1}

@@ -62,6 +62,27 @@ def search_cli(project: Path, env: dict[str, str], *args: str, timeout: float = 
 
 
 @contextlib.contextmanager
+def worker_in(folder: Path, env: dict[str, str], *args: str, **more_env: str):
+    """A real `prefect worker start --pool POOL` process in ``folder`` (its project), its output
+    in ``folder/worker.log``; stopped, with all it started, on leaving."""
+    with open(folder / "worker.log", "wb") as log:
+        worker = subprocess.Popen(
+            [*PREFECT, "worker", "start", "--pool", POOL, *args],
+            cwd=folder,
+            env=env
+            | {"PIPELINE_PROJECT": str(folder), "PREFECT_WORKER_QUERY_SECONDS": "1", **more_env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            yield worker
+        finally:
+            _stop(worker)
+
+
+@contextlib.contextmanager
 def client_of(server_env: dict[str, str]):
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -141,26 +162,13 @@ def test_two_process_workers_in_two_folders_share_one_study_through_a_pool(
     env = environment(server, tmp_path, mirror)
     _run([sys.executable, "-m", "pipeline", "deploy", "--pool", POOL], env, cwd=a)
 
-    workers, logs = [], []
-    try:
-        for folder in (a, b):  # each worker trains in its own copy of the project
-            logs.append(open(folder / "worker.log", "wb"))  # noqa: SIM115 - closed below
-            workers.append(
-                subprocess.Popen(
-                    [*PREFECT, "worker", "start", "--pool", POOL, "--limit", "1"],
-                    cwd=folder,
-                    env=env
-                    | {
-                        "PIPELINE_PROJECT": str(folder),
-                        "PREFECT_WORKER_QUERY_SECONDS": "1",
-                        "PREFECT_WORKER_PREFETCH_SECONDS": "1",
-                    },
-                    stdout=logs[-1],
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
+    with contextlib.ExitStack() as stack:
+        workers = [  # each worker trains in its own copy of the project
+            stack.enter_context(
+                worker_in(folder, env, "--limit", "1", PREFECT_WORKER_PREFETCH_SECONDS="1")
             )
+            for folder in (a, b)
+        ]
         with client_of(server) as client:  # both polling before the runs exist: each takes one
             deadline = time.monotonic() + 120
             while len(client.read_workers_for_work_pool(POOL)) < 2:
@@ -191,11 +199,6 @@ def test_two_process_workers_in_two_folders_share_one_study_through_a_pool(
                 n: client.read_deployment_by_name(f"{n}/local")
                 for n in ("experiment", "search", "search-worker")
             }
-    finally:
-        for worker in workers:
-            _stop(worker)
-        for log in logs:
-            log.close()
 
     trials = optuna.load_study(study_name="tiny", storage=search["storage"]).get_trials()
     assert [t.number for t in trials] == list(range(8)), out
@@ -283,23 +286,71 @@ def test_a_worker_on_another_study_stops_and_the_search_names_its_run(
     assert "the work pool 'elsewhere' has no search-worker deployment" in said
     assert "pipeline deploy --pool elsewhere" in said
 
-    log = open(b / "worker.log", "wb")  # noqa: SIM115 - closed below
-    worker = subprocess.Popen(
-        [*PREFECT, "worker", "start", "--pool", POOL],
-        cwd=b,
-        env=env | {"PIPELINE_PROJECT": str(b), "PREFECT_WORKER_QUERY_SECONDS": "1"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
+    with worker_in(b, env):
         said = search_fails("--pool", POOL)
-    finally:
-        _stop(worker)
-        log.close()
     assert "worker run(s) tiny worker 0 (Failed" in said, said[-3000:]
     assert "is not the one the search's coordinator uses" in said
     assert not (b / "runs").exists()  # the stray worker trained nothing, made no study
     shared_trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{shared}/study.db")
     assert shared_trials.get_trials() == []
+
+
+def test_ctrl_c_in_a_pool_search_cancels_its_worker_runs_and_the_next_run_goes_on(
+    server, tmp_path: Path, mirror: Path
+):
+    import signal
+
+    from prefect.client.schemas.objects import StateType
+
+    search = {
+        "overrides": ["train.epochs=30"],  # long trials: Ctrl-C lands in the middle of one
+        "space": {"train.batch_size": {"type": "choice", "values": [16, 32]}},
+        "sampler": {"type": "random", "seed": 0},
+        "budget": {"trials": 2},
+    }
+    a = make_project(tmp_path / "a", search)
+    env = environment(server, tmp_path, mirror)
+    _run([sys.executable, "-m", "pipeline", "deploy", "--pool", POOL], env, cwd=a)
+    with worker_in(a, env):  # in the same folder: the study's SQLite file is there
+        coordinator = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "search", "searches/tiny.yaml", "--pool", POOL],
+            cwd=a,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        history = a / "runs" / "tiny" / "trials" / "0000" / "history.csv"
+        deadline = time.monotonic() + 180
+        while not history.is_file():  # the worker's trial is in the middle of its training
+            assert coordinator.poll() is None, coordinator.stdout.read()
+            assert time.monotonic() < deadline, "no trial trained an epoch in 180 s"
+            time.sleep(0.5)
+        coordinator.send_signal(signal.SIGINT)
+        out, _ = coordinator.communicate(timeout=120)
+        assert coordinator.returncode == 130, out
+        assert "interrupted by SIGINT" in out and "Traceback" not in out
+        assert "-m pipeline search searches/tiny.yaml" in out  # the same command goes on
+
+        with client_of(server) as client:  # the worker's run is stopped, not left training
+            deadline = time.monotonic() + 120
+            while True:
+                (run,) = runs_of(client, "search-worker")
+                if run.state.is_final():
+                    break
+                assert time.monotonic() < deadline, run.state
+                time.sleep(1)
+        assert run.state.type == StateType.CANCELLED, run.state
+
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{a / 'runs/tiny/study.db'}")
+    (stopped,) = study.get_trials()
+    assert stopped.state != optuna.trial.TrialState.COMPLETE
+    # the next run (without the pool; 1 epoch a trial, to be quick) retries it, within budget
+    make_project(tmp_path / "again", {**search, "overrides": ["train.epochs=1"]})
+    (a / "searches" / "tiny.yaml").write_bytes((tmp_path / "again/searches/tiny.yaml").read_bytes())
+    search_cli(a, env | {"PIPELINE_ORCHESTRATION": "off"})
+    trials = study.get_trials()
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 2 and any(t.user_attrs.get("retry_of") == 0 for t in done), [
+        (t.number, t.state.name, t.user_attrs) for t in trials
+    ]

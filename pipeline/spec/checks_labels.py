@@ -1,5 +1,6 @@
 """Cross-field checks of the labels: multi-label data (``data.multi_label``) and the batch
-mixes that blend labels (``augment.mixup``, ``augment.cutmix``). The output layer's rules for
+mixes that blend labels (``augment.mixup``, ``augment.cutmix``), and what needs one class per
+sample (class weights, the focal loss, the balanced sampler). The output layer's rules for
 multi-label data are the ``output-activation`` check's (:mod:`pipeline.spec.checks`)."""
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ def _multi_label(spec: Spec) -> Iterator[Problem]:
     """Multi-label data is an image folder with a labels file (and one for its test folder);
     its labels are read from the files, so the per-class selections (classes, subset) and a
     validation folder without labels do not apply, and evaluate's single-label extras
-    (MC dropout, batch-norm folding's accuracy) are not computed for it. The label fields
+    (MC dropout, batch-norm folding's accuracy, test-time augmentation's accuracy) are not
+    computed for it. The label fields
     without multi_label would be ignored. An error."""
     d = spec.data
     if not d.multi_label:
@@ -68,6 +70,7 @@ def _multi_label(spec: Spec) -> Iterator[Problem]:
     for key, on in (
         ("mc_dropout", e.mc_dropout is not None),
         ("fold_batch_norm", e.fold_batch_norm),
+        ("tta", e.tta is not None),
     ):
         if on:
             yield Problem(f"evaluate.{key} is not computed for multi-label data", ("evaluate", key))
@@ -89,4 +92,46 @@ def _batch_mix(spec: Spec) -> Iterator[Problem]:
         yield warn(
             "switch_prob chooses between mixup and cutmix: it needs both",
             ("augment", "switch_prob"),
+        )
+
+
+@check("weighted-loss-targets")
+def _weighted_loss_targets(spec: Spec) -> Iterator[Problem]:
+    """Class weights (train.class_weights) and the focal loss weigh each sample by its one
+    class: multi-label data (several classes per image) and mixup/cutmix (soft targets, two
+    classes per image) have none. An error."""
+    t, a = spec.train, spec.augment
+    why = []
+    if spec.data.multi_label:
+        why.append(("multi-label data", ("data", "multi_label")))
+    for key in ("mixup", "cutmix"):
+        if getattr(a, key) is not None:
+            why.append((f"{key}'s soft targets", ("augment", key)))
+    if not why:
+        return
+    what = " and ".join(w for w, _ in why)
+    where = ", ".join(".".join(p) for _, p in why)
+    if t.class_weights is not None:
+        yield Problem(
+            f"class_weights weigh a sample by its one class, which {what} ({where}) do not give",
+            ("train", "class_weights"),
+            hint="remove class_weights",
+        )
+    if t.loss == "focal":
+        yield Problem(
+            f"the focal loss takes one class per sample, which {what} ({where}) do not give",
+            ("train", "loss"),
+            hint="loss: auto",
+        )
+
+
+@check("multi-label-sampler")
+def _multi_label_sampler(spec: Spec) -> Iterator[Problem]:
+    """train.sampler: balanced draws each class equally often by the sample's one class;
+    multi-label images have several (or none). An error."""
+    if spec.data.multi_label and spec.train.sampler == "balanced":
+        yield Problem(
+            "sampler: balanced draws by each image's one class; multi-label images have several",
+            ("train", "sampler"),
+            hint="sampler: shuffle",
         )

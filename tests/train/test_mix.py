@@ -209,3 +209,32 @@ def test_a_resumed_run_mixes_as_the_uninterrupted_one(workdir, prepared):
     ):
         assert torch.equal(a, b), k
     assert resumed.history[-1]["loss"] == full.history[-1]["loss"]
+
+
+def test_class_weights_and_the_focal_loss_are_refused_with_soft_targets():
+    from pipeline.spec import SpecError
+
+    text = MLP.format(name="w", epochs=1, mix="{mixup: {alpha: 0.2}, cutmix: {alpha: 1.0}}")
+    text = text.replace("batch_size: 32}", "batch_size: 32, class_weights: balanced, loss: focal}")
+    with pytest.raises(SpecError) as err:
+        load_spec_text(text)
+    found = [(p.code, p.path, p.format(source=False)) for p in err.value.problems]
+    assert {(c, p) for c, p, _ in found} == {
+        ("weighted-loss-targets", ("train", "class_weights")),
+        ("weighted-loss-targets", ("train", "loss")),
+    }, found
+    assert len(found) == 2, found
+    assert all("mixup's soft targets and cutmix's soft targets" in m for _, _, m in found)
+    assert all(p.mark is not None for p in err.value.problems)
+
+
+def test_the_builders_refuse_soft_targets_they_cannot_weigh():
+    from pipeline.errors import ConfigurationError
+
+    logits, y = torch.randn(4, 10), torch.arange(4)
+    soft = F.one_hot(y, 10).float()
+    with pytest.raises(ConfigurationError, match="class weights need a class index"):
+        loss_fn("cross_entropy", 10, 0.0, [1.0] * 10)(logits, soft)
+    with pytest.raises(ConfigurationError, match="the focal loss need a class index"):
+        loss_fn("focal", 10, 0.0)(logits, soft)
+    loss_fn("cross_entropy", 10, 0.0, [1.0] * 10)(logits, y)  # class indices still weigh

@@ -105,6 +105,8 @@ def test_pairs_of_digits_train_to_a_micro_f1(project):
     metrics = evaluate(spec, prepared=prepared, log=quiet)
     assert metrics["test_micro_f1"] >= 0.85, metrics
     assert 0 <= metrics["test_hamming_loss"] <= 0.1
+    assert metrics["roc_auc_macro"] >= 0.9 and "pr_auc/d3" in metrics  # per-class curves
+    assert (project / "runs" / "pairs" / "roc.csv").is_file()
     assert {"precision/d0", "recall/d0", "f1/d0", "test_macro_f1", "test_subset_accuracy"} <= set(
         json.loads((project / "runs" / "pairs" / "metrics.json").read_text())
     )
@@ -214,3 +216,53 @@ def test_a_head_of_the_wrong_width_is_one_message_once_the_classes_are_known(pro
         train(spec_in(project, units=3), log=quiet)
     (twice,) = problems(project, overrides=["data.label_names=[d0, d0, d1, d2]"])
     assert "data.label_names: label_names needs two or more classes, each once" in twice
+
+
+def test_what_needs_one_class_per_image_is_refused_for_multi_label(tmp_path):
+    (tmp_path / "pyproject.toml").write_text("")
+    found = problems(
+        tmp_path,
+        overrides=[
+            "train.class_weights=balanced",
+            "train.loss=focal",
+            "train.sampler=balanced",
+            "evaluate.tta={flip: true}",
+        ],
+    )
+    text = "\n".join(found)
+    assert len(found) == 4, text
+    assert "train.class_weights: class_weights weigh a sample by its one class" in text
+    assert "train.loss: the focal loss takes one class per sample" in text
+    assert "train.sampler: sampler: balanced draws by each image's one class" in text
+    assert "evaluate.tta: evaluate.tta is not computed for multi-label data" in text
+    assert all(p.startswith("-S ") for p in found), text  # located at the override
+
+
+def test_the_multi_label_loss_is_the_table_s_binary_cross_entropy_per_class():
+    from pipeline.errors import ConfigurationError
+    from pipeline.train.losses import LOSS_BUILDERS
+    from pipeline.train.metrics import loss_fn
+
+    logits, y = torch.randn(5, 3), torch.randint(0, 2, (5, 3))
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, y.float())
+    for kind in ("auto", "binary_cross_entropy"):
+        got = loss_fn(kind, 3, 0.0, multi_label=True)(logits, y)
+        torch.testing.assert_close(got, expected)
+    assert "binary_cross_entropy" in LOSS_BUILDERS
+    with pytest.raises(ConfigurationError, match="multi-label data needs binary_cross_entropy"):
+        loss_fn("focal", 3, 0.0, multi_label=True)
+    with pytest.raises(ConfigurationError, match="class weights need one class per sample"):
+        loss_fn("auto", 3, 0.0, [1.0, 2.0, 1.0], multi_label=True)
+
+
+def test_curves_of_multi_hot_labels_are_each_class_s():
+    from sklearn.metrics import roc_auc_score
+
+    from pipeline.evaluation import curves
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, (40, 3))
+    p = np.clip(y * 0.6 + rng.random((40, 3)) * 0.5, 0, 1)
+    found = curves.compute(p, y, ["a", "b", "c"])
+    for c, name in enumerate("abc"):
+        assert found.roc_auc[name] == pytest.approx(roc_auc_score(y[:, c], p[:, c]))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -30,13 +28,6 @@ optimizer: {{type: sgd, lr: 0.1, momentum: 0.9}}
 schedule: {{type: cosine, interval: step}}
 train: {{epochs: 2, batch_size: {batch}, accumulate: {accumulate}}}
 """
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, mirror: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PIPELINE_DATA_CACHE", str(tmp_path / "cache"))
-    return tmp_path
 
 
 def run(name: str, batch: int, accumulate: int):

@@ -3,10 +3,6 @@ convolutions, layer norm) learns real MNIST."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
 from pipeline.evaluate import evaluate
 from pipeline.spec import load_spec_text
 from pipeline.train.loop import train
@@ -40,13 +36,6 @@ model:
 optimizer: {type: adam, lr: 3e-3}
 train: {epochs: 3, batch_size: 32}
 """
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, mirror: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PIPELINE_DATA_CACHE", str(tmp_path / "cache"))
-    return tmp_path
 
 
 def test_a_branching_group_norm_model_learns_mnist(workdir):

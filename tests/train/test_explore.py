@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -31,13 +30,6 @@ train: {{batch_size: 32}}
 def mlp(act: str = "relu", init: str = "he_normal", depth: int = 2, extra: str = ""):
     hidden = f"    - {{type: dense{extra}}}\n" * depth
     return load_spec_text(MLP.format(act=act, init=init, hidden=hidden))
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, mirror: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PIPELINE_DATA_CACHE", str(tmp_path / "cache"))
-    return tmp_path
 
 
 def test_lr_find_sweeps_up_stops_on_divergence_and_suggests(workdir):

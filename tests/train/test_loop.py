@@ -37,13 +37,6 @@ train: {{epochs: {epochs}, batch_size: 32}}
 """
 
 
-@pytest.fixture
-def workdir(tmp_path: Path, mirror: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PIPELINE_DATA_CACHE", str(tmp_path / "cache"))
-    return tmp_path
-
-
 def spec(text: str = CONVNET, overrides=(), **fmt):
     values = {"name": "t", "per_class": 1000, "epochs": 1} | fmt
     return load_spec_text(text.format(**values), overrides)

@@ -116,12 +116,6 @@ def test_soft_targets_take_label_smoothing_like_class_indices():
     )
 
 
-@pytest.fixture
-def workdir(tmp_path: Path, mirror: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory):
     """The MNIST subset both runs train on, prepared once (the mix is no part of the data)."""

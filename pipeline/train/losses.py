@@ -69,7 +69,7 @@ def hard(y: torch.Tensor, what: str) -> None:
     """A ConfigurationError unless ``y`` holds class indices (not soft or multi-hot rows)."""
     if y.is_floating_point() or y.ndim != 1:
         raise ConfigurationError(
-            f"{what} need a class index per sample, not soft targets (mixup, cutmix) or "
+            f"{what}: each sample needs a class index, not soft targets (mixup, cutmix) or "
             "multi-hot labels (multi-label data)"
         )
 

@@ -227,8 +227,8 @@ def test_the_builders_refuse_soft_targets_they_cannot_weigh():
 
     logits, y = torch.randn(4, 10), torch.arange(4)
     soft = F.one_hot(y, 10).float()
-    with pytest.raises(ConfigurationError, match="class weights need a class index"):
+    with pytest.raises(ConfigurationError, match="class weights: each sample needs a class index"):
         loss_fn("cross_entropy", 10, 0.0, [1.0] * 10)(logits, soft)
-    with pytest.raises(ConfigurationError, match="the focal loss need a class index"):
+    with pytest.raises(ConfigurationError, match="the focal loss: each sample needs a class index"):
         loss_fn("focal", 10, 0.0)(logits, soft)
     loss_fn("cross_entropy", 10, 0.0, [1.0] * 10)(logits, y)  # class indices still weigh

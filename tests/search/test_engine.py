@@ -85,9 +85,13 @@ def polled(db: Path, name: str) -> optuna.Study | None:
     """The study while a search process writes it; None before it exists."""
     if not db.is_file():
         return None
+    from sqlalchemy.exc import OperationalError
+
     try:
         return optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
     except KeyError:  # the tables are made, the study not yet
+        return None
+    except OperationalError:  # both processes making the tables at once ("already exists")
         return None
 
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline import proc, runlock
 from pipeline.errors import Interrupted, PipelineError
-from pipeline.search import space
+from pipeline.search import plots, space
 
 if TYPE_CHECKING:
     import optuna
@@ -526,6 +526,7 @@ def run_search(
         if done:
             log(f"{loaded.name}: continuing the study in {loaded.storage}: {_counts(done)}")
         _prepare_base(loaded, log)
+        plots.warm()  # the report's drawing imports, made while the trials train
         interrupted: Interrupted | None = None
         try:
             if launch_workers is not None:

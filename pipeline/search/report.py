@@ -22,7 +22,6 @@ import csv
 import io
 import math
 import os
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +29,15 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from pipeline.atomic import replacing, write_text
-from pipeline.search import space
+from pipeline.search import plots, space
+from pipeline.search.plots import (  # noqa: F401  (the plots' names, as report's)
+    HISTORY,
+    IMPORTANCES,
+    INTERMEDIATE,
+    PARALLEL,
+    PARETO_FRONT,
+    PLOTS,
+)
 from pipeline.spec import yamlio
 from pipeline.spec.errors import SpecError
 
@@ -43,12 +50,6 @@ TRIALS = "trials.csv"
 PARETO = "pareto.csv"
 BEST = "best.yaml"
 MARKDOWN = "report.md"
-HISTORY = "plots/history.png"
-PARALLEL = "plots/parallel_coordinates.png"
-IMPORTANCES = "plots/importances.png"
-INTERMEDIATE = "plots/intermediate.png"
-PARETO_FRONT = "plots/pareto_front.png"
-PLOTS = (HISTORY, PARALLEL, IMPORTANCES, INTERMEDIATE, PARETO_FRONT)
 
 _SCHEMA_COMMENT = "# yaml-language-server: $schema="
 
@@ -423,116 +424,6 @@ def best_yaml(loaded: LoadedSearch, trial: optuna.trial.FrozenTrial, folder: Pat
 
 
 # ---------------------------------------------------------------------------------------------
-# plots
-
-
-def plan(study: optuna.Study, loaded: LoadedSearch) -> tuple[list[str], dict[str, str]]:
-    """The plots the study can support now, and why each other one is not drawn."""
-    done = _complete(study)
-    drawn: list[str] = []
-    skipped: dict[str, str] = {}
-    multi = _multi(loaded, study)
-    if not done:
-        for name in (HISTORY, PARALLEL):
-            skipped[name] = "no trial has completed yet"
-    else:
-        drawn += [HISTORY, PARALLEL]
-    varying = _varying(done)
-    if len(done) < 2:
-        skipped[IMPORTANCES] = (
-            f"parameter importances need at least 2 completed trials; {len(done)} so far"
-        )
-    elif not varying:
-        skipped[IMPORTANCES] = (
-            "parameter importances need a parameter that differs between completed trials; "
-            "every completed trial drew the same values"
-        )
-    else:
-        drawn.append(IMPORTANCES)
-    if multi:
-        skipped[INTERMEDIATE] = "several objectives: trials report no per-epoch values"
-    elif any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
-        drawn.append(INTERMEDIATE)
-    else:
-        skipped[INTERMEDIATE] = "no trial has reported a per-epoch value yet"
-    if multi:
-        n = len(study.directions)
-        if n > 3:
-            skipped[PARETO_FRONT] = f"Optuna draws a Pareto front of 2 or 3 objectives, not {n}"
-        elif not done:
-            skipped[PARETO_FRONT] = "no trial has completed yet"
-        else:
-            drawn.append(PARETO_FRONT)
-    return drawn, skipped
-
-
-def _varying(done: Sequence[optuna.trial.FrozenTrial]) -> list[str]:
-    """Parameters drawn with at least two different values among ``done``."""
-    seen: dict[str, set[str]] = {}
-    for t in done:
-        for name, value in t.params.items():
-            seen.setdefault(name, set()).add(repr(value))
-    return [name for name, values in seen.items() if len(values) > 1]
-
-
-def _draw(name: str, study: optuna.Study, loaded: LoadedSearch) -> Any:
-    """The Axes of one of Optuna's plots (``name`` is one of :data:`PLOTS`)."""
-    from optuna.visualization import matplotlib as plots
-
-    metrics = _metrics(loaded)
-    multi = _multi(loaded, study)
-    first: dict[str, Any] = (
-        {"target": lambda t: t.values[0], "target_name": metrics[0]}
-        if multi
-        else {"target_name": metrics[0]}
-    )
-    if name == HISTORY:
-        return plots.plot_optimization_history(study, **first)
-    if name == PARALLEL:
-        return plots.plot_parallel_coordinate(study, **first)
-    if name == IMPORTANCES:
-        params = _varying(_complete(study))
-        if not multi:
-            return plots.plot_param_importances(study, params=params, target_name=metrics[0])
-        # PED-ANOVA rates what makes a target low: give it the first objective, lower better
-        return plots.plot_param_importances(
-            study,
-            params=params,
-            target=_signed(study, 0),
-            target_name=f"{metrics[0]} (first objective)",
-        )
-    if name == INTERMEDIATE:
-        return plots.plot_intermediate_values(study)
-    if name == PARETO_FRONT:
-        return plots.plot_pareto_front(study, target_names=metrics)
-    raise ValueError(f"no plot {name!r}")
-
-
-def _save_plot(name: str, study: optuna.Study, loaded: LoadedSearch, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.exceptions import ExperimentalWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)
-        warnings.filterwarnings(  # _draw gives it a target where lower is better
-            "ignore", message="PedAnovaImportanceEvaluator computes the importances of params"
-        )
-        axes = _draw(name, study, loaded)
-    figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
-    try:
-        width, height = figure.get_size_inches()
-        figure.set_size_inches(max(width, 8.0), max(height, 5.0))
-        figure.tight_layout()  # one render: bbox_inches="tight" draws each figure twice
-        with replacing(path) as tmp:
-            figure.savefig(tmp, format="png", dpi=100)
-    finally:
-        plt.close(figure)
-
-
-# ---------------------------------------------------------------------------------------------
 # the report
 
 
@@ -575,18 +466,18 @@ def write_report(study: optuna.Study, loaded: LoadedSearch) -> Report:
             else:
                 report.skipped[BEST] = problem
 
-    drawn, skipped = plan(study, loaded)
+    drawn, skipped = plots.plan(study, multi)
     for name in PLOTS:
         if name in skipped:
             report.skipped[name] = skipped[name]
             (folder / name).unlink(missing_ok=True)  # from an earlier report of this folder
-        elif name in drawn:
-            try:
-                _save_plot(name, study, loaded, folder / name)
-            except (ValueError, RuntimeError, ZeroDivisionError, IndexError) as err:
-                report.skipped[name] = f"Optuna could not draw it: {_one_line(str(err))}"
-            else:
+    results = plots.draw_all(plots.snapshot(study, _metrics(loaded)), drawn, folder)
+    for name in PLOTS:
+        if name in results:
+            if results[name] is None:
                 report[name] = folder / name
+            else:
+                report.skipped[name] = str(results[name])
 
     write_text(folder / MARKDOWN, markdown(study, loaded, notes=report.skipped))
     report[MARKDOWN] = folder / MARKDOWN
@@ -710,7 +601,7 @@ def markdown(
             first = error.splitlines()[0] if error else ""
             lines.append(f"- trial {t.number}: {_md(first[:200])}")
         lines.append("")
-    skipped = {**plan(study, loaded)[1], **dict(notes)}
+    skipped = {**plots.plan(study, _multi(loaded, study))[1], **dict(notes)}
     if skipped:
         lines.append("Not written:")
         lines += [f"- {name}: {_md(why)}" for name, why in skipped.items()]

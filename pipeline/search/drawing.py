@@ -102,7 +102,8 @@ def draw_file(snap: Snapshot, name: str, path: Path) -> str | None:
             try:
                 width, height = figure.get_size_inches()
                 figure.set_size_inches(max(width, 8.0), max(height, 5.0))
-                figure.tight_layout()  # one render: bbox_inches="tight" draws twice
+                if figure.get_layout_engine() is None:  # else savefig lays it out
+                    figure.tight_layout()  # one render: bbox_inches="tight" draws twice
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with replacing(path) as tmp:
                     figure.savefig(tmp, format="png", dpi=100)

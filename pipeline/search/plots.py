@@ -173,36 +173,79 @@ def _discard(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def draw_all(snap: Snapshot, names: Sequence[str], folder: Path) -> dict[str, str | None]:
-    """Draw ``names`` (of :data:`PLOTS`) into ``folder``: for each, None when it was written,
-    else why Optuna could not draw it. In the drawing process, split over the cores, once
-    :func:`warm` started it; else here, one after the other."""
-    global _server
+class Drawing:
+    """Plots being drawn (:func:`begin`); :meth:`wait` gives what came of each."""
+
+    def __init__(self, snap: Snapshot, jobs: list[tuple[str, str]]) -> None:
+        self.snap, self.jobs = snap, jobs
+        self.server: subprocess.Popen[bytes] | None = None
+        if not jobs:
+            return
+        _asking.acquire()  # one request at a time: released by wait
+        if _server is not None and _send(_server, (snap, jobs, min(len(jobs), _cores()))):
+            self.server = _server
+        else:
+            self._give_up()
+            _asking.release()
+
+    def wait(self) -> dict[str, str | None]:
+        """For each plot, None when it was written, else why Optuna could not draw it; those
+        the drawing process did not draw (it died) are drawn here."""
+        results: dict[str, str | None] = {}
+        if self.server is not None:
+            try:
+                reply = _receive(self.server)
+                if reply is None:  # it died or misspoke: no more of it
+                    self._give_up()
+                else:
+                    results = reply
+            finally:
+                self.server = None
+                _asking.release()
+        for name, path in self.jobs:
+            if name not in results:
+                results[name] = _draw_here(self.snap, name, path)
+        return results
+
+    @staticmethod
+    def _give_up() -> None:
+        global _server
+        if _server is not None:
+            _discard(_server)
+            _server = None
+
+
+def begin(snap: Snapshot, names: Sequence[str], folder: Path) -> Drawing:
+    """Start drawing ``names`` (of :data:`PLOTS`) into ``folder``: in the drawing process,
+    split over the cores, once :func:`warm` started it (the caller writes its other files
+    meanwhile); else, when waited for, here, one after the other."""
     names = sorted(names, key=_SLOWEST_FIRST.index)
-    jobs = [(n, os.path.abspath(folder / n)) for n in names]
-    results: dict[str, str | None] = {}
-    if jobs:
-        with _asking:
-            if _server is not None:
-                results = _ask(_server, (snap, jobs, min(len(jobs), _cores())))
-                if results is None:  # it died or misspoke: no more of it
-                    _discard(_server)
-                    _server = None
-                    results = {}
-    for name, path in jobs:  # each the drawing process did not draw
-        if name not in results:
-            results[name] = _draw_here(snap, name, path)
-    return results
+    return Drawing(snap, [(n, os.path.abspath(folder / n)) for n in names])
 
 
-def _ask(proc: subprocess.Popen[bytes], request: Any) -> dict[str, str | None] | None:
-    """Hand the drawing process a request and read what it drew: a pickle each way, each
-    after its length; None when the process is gone or its answer is no such mapping."""
-    assert proc.stdin is not None and proc.stdout is not None
+def draw_all(snap: Snapshot, names: Sequence[str], folder: Path) -> dict[str, str | None]:
+    """:func:`begin`, then wait: for each plot, None when written, else why not."""
+    return begin(snap, names, folder).wait()
+
+
+def _send(proc: subprocess.Popen[bytes], request: Any) -> bool:
+    """Hand the drawing process a request (its length, then a pickle); False when it is
+    gone."""
+    assert proc.stdin is not None
     data = pickle.dumps(request)
     try:
         proc.stdin.write(struct.pack("!Q", len(data)) + data)
         proc.stdin.flush()
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _receive(proc: subprocess.Popen[bytes]) -> dict[str, str | None] | None:
+    """What the drawing process drew (its length, then a pickle); None when it is gone or
+    its answer is no such mapping."""
+    assert proc.stdout is not None
+    try:
         head = proc.stdout.read(8)
         if len(head) < 8:
             return None

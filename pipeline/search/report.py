@@ -433,14 +433,35 @@ def write_report(study: optuna.Study, loaded: LoadedSearch) -> Report:
     study cannot support yet is skipped (a stale one from before removed), never an error."""
     folder = Path(loaded.folder)
     report = Report()
-    trials = study.get_trials(deepcopy=False)
+    multi = _multi(loaded, study)
+    drawn, skipped = plots.plan(study, multi)
+    drawing = plots.begin(plots.snapshot(study, _metrics(loaded)), drawn, folder)
+    try:  # the other files, while the plots are drawn
+        _write_tables(study, loaded, folder, report)
+    finally:
+        results = drawing.wait()
+    for name in PLOTS:
+        if name in skipped:
+            report.skipped[name] = skipped[name]
+            (folder / name).unlink(missing_ok=True)  # from an earlier report of this folder
+        elif name in results:
+            if results[name] is None:
+                report[name] = folder / name
+            else:
+                report.skipped[name] = str(results[name])
 
-    header, rows = _rows(loaded, trials)
+    write_text(folder / MARKDOWN, markdown(study, loaded, notes=report.skipped))
+    report[MARKDOWN] = folder / MARKDOWN
+    return report
+
+
+def _write_tables(study: optuna.Study, loaded: LoadedSearch, folder: Path, report: Report) -> None:
+    """trials.csv, pareto.csv (several objectives) and best.yaml, into ``report``."""
+    header, rows = _rows(loaded, study.get_trials(deepcopy=False))
     write_text(folder / TRIALS, _csv(header, rows))
     report[TRIALS] = folder / TRIALS
 
-    multi = _multi(loaded, study)
-    if multi:
+    if _multi(loaded, study):
         on_front = front(study) if _complete(study) else []
         if on_front:
             write_text(folder / PARETO, _csv(*_rows(loaded, on_front)))
@@ -465,23 +486,6 @@ def write_report(study: optuna.Study, loaded: LoadedSearch) -> Report:
                 report[BEST] = folder / BEST
             else:
                 report.skipped[BEST] = problem
-
-    drawn, skipped = plots.plan(study, multi)
-    for name in PLOTS:
-        if name in skipped:
-            report.skipped[name] = skipped[name]
-            (folder / name).unlink(missing_ok=True)  # from an earlier report of this folder
-    results = plots.draw_all(plots.snapshot(study, _metrics(loaded)), drawn, folder)
-    for name in PLOTS:
-        if name in results:
-            if results[name] is None:
-                report[name] = folder / name
-            else:
-                report.skipped[name] = str(results[name])
-
-    write_text(folder / MARKDOWN, markdown(study, loaded, notes=report.skipped))
-    report[MARKDOWN] = folder / MARKDOWN
-    return report
 
 
 class _Invalid(Exception):

@@ -3,7 +3,9 @@
 Writes the run's ``metrics.json`` (flat, for ``dvc metrics show``; ``run_id`` names the run
 whose checkpoint it measured), ``confusion.csv`` (``actual,predicted`` rows, for DVC's
 confusion template) and ``confusion.png``, the ROC and precision-recall curves (``roc.csv``,
-``pr.csv``, ``roc_pr.png``); see :class:`pipeline.run.Run`. Test-time augmentation adds its
+``pr.csv``, ``roc_pr.png``); see :class:`pipeline.run.Run`. A picture turned off (or the
+confusion matrix of a multi-label task) still has its files, a table without rows and a picture
+saying why: DVC's evaluate stage declares them all. Test-time augmentation adds its
 ``tta_`` metrics beside the plain ones. The curves, pictures and TTA are in
 :mod:`pipeline.evaluation`.
 """
@@ -220,7 +222,31 @@ def evaluate(
             columns=["actual", "predicted"],
         )
         confusion_png(confusion.numpy(), names, run.confusion_png, spec.name)
+    else:
+        _not_drawn(
+            run, (run.confusion, ["actual", "predicted"]), png=run.confusion_png,
+            title=f"{spec.name}: no confusion matrix",
+            why="evaluate.confusion_matrix is false" if confusion is not None else
+            "multi-label: no one confusion matrix; per-class F1 in metrics.json",
+        )  # fmt: skip
+    if not spec.evaluate.curves:
+        _not_drawn(
+            run, (run.roc, ["curve", "fpr", "tpr"]), (run.pr, ["curve", "recall", "precision"]),
+            png=run.roc_pr_png, title=f"{spec.name}: no ROC or PR curves",
+            why="evaluate.curves is false",
+        )  # fmt: skip
     return metrics
+
+
+def _not_drawn(run: Run, *tables: tuple[Path, list[str]], png: Path, title: str, why: str) -> None:
+    """The files of a picture that is off (or does not apply): each table with its header and
+    no rows, and a picture saying why. DVC's evaluate stage declares them, so they must exist,
+    and an old run's picture must not stay behind to be taken for this one's."""
+    from pipeline.evaluation.plots import notice_png
+
+    for path, columns in tables:
+        run.write_csv(path, [], columns=columns)
+    notice_png(png, title, why)
 
 
 def _curves(

@@ -64,6 +64,18 @@ def test_evaluate_writes_metrics_and_confusion_for_a_trained_model(
     assert abs(half["test_accuracy"] - metrics["test_accuracy"]) <= 0.01
     if native:
         assert half["test_loss"] != metrics["test_loss"]  # it really ran in another precision
+    # pictures turned off: DVC's evaluate stage declares their files, so each is written
+    # empty (a header) or saying why, never left from the run before
+    run = tmp_path / "runs" / "ev"
+    before = (run / "confusion.png").read_bytes()
+    off = spec.evaluate.model_copy(update={"confusion_matrix": False, "curves": False})
+    evaluate(spec.model_copy(update={"evaluate": off}), log=lambda _m: None)
+    assert (run / "confusion.csv").read_text() == "actual,predicted\n"
+    assert (run / "roc.csv").read_text() == "curve,fpr,tpr\n"
+    assert (run / "pr.csv").read_text() == "curve,recall,precision\n"
+    for png in ("confusion.png", "roc_pr.png"):
+        assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run / "confusion.png").read_bytes() != before
 
 
 def _dropout_model(rate: float):

@@ -110,3 +110,17 @@ def curves_png(curves: Curves, path: Path, title: str) -> None:
     with atomic.replacing(path) as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
+
+
+def notice_png(path: Path, title: str, why: str) -> None:
+    """A small picture saying why a picture is not drawn: DVC's stage declares the file, so
+    it is there either way, and says so rather than showing an old one."""
+    plt = _pyplot()
+    fig = plt.figure(figsize=(6, 1.6))
+    fig.text(0.5, 0.62, title, ha="center", va="center", fontsize=12, weight="bold")
+    fig.text(0.5, 0.3, why, ha="center", va="center", fontsize=10, wrap=True)
+    try:
+        with atomic.replacing(path) as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)

@@ -293,6 +293,21 @@ def test_a_misspelt_key_forced_in_fails_the_experiment_with_a_did_you_mean(repo:
     assert not ran(proc.stdout) & {"prepare", "train", "evaluate"}
 
 
+def test_pictures_turned_off_still_reproduce(repo: Repo):
+    """dvc.yaml declares the evaluate stage's pictures and tables for every spec, and DVC has no
+    optional outputs: with them off, evaluate writes each empty or saying why."""
+    repo.write_spec()  # as committed (the failed experiment before leaves its -S in the file)
+    spec = repo.root / "specs" / "tiny.yaml"
+    spec.write_text(spec.read_text() + "evaluate: {confusion_matrix: false, curves: false}\n")
+    proc = repo.run("dvc", "repro")
+    assert "evaluate" in ran(proc.stdout) and "train" not in ran(proc.stdout), proc.stdout
+    assert (repo.out / "confusion.csv").read_text() == "actual,predicted\n"
+    assert (repo.out / "roc.csv").read_text() == "curve,fpr,tpr\n"
+    assert (repo.out / "roc_pr.png").is_file()
+    assert "test_accuracy" in json.loads((repo.out / "metrics.json").read_text())
+    repo.commit("pictures off")
+
+
 # ---- dvclive in the Trainer, without DVC -----------------------------------------------------
 
 

@@ -379,14 +379,15 @@ def export_run(
     *,
     fold: bool = False,
     out_dir: str | Path | None = None,
-    checkpoint: str = "best",
+    checkpoint: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Path]:
-    """Export a trained run: its ``checkpoint`` (best or last) into the run's ``export/``
+    """Export a trained run: its ``checkpoint`` (best, last or swa; by default the one
+    ``evaluate.checkpoint`` names, the weights evaluate measured) into the run's ``export/``
     folder (or ``out_dir``). What ``pipeline export`` calls."""
     from pipeline.data.prepare import prepare
     from pipeline.train.checkpoint import load_trained
 
-    model, _ = load_trained(spec, checkpoint)
+    model, _ = load_trained(spec, checkpoint or spec.evaluate.checkpoint)
     out = out_dir or Run.of(spec).export
     return export(spec, model, out, formats, fold=fold, prepared_meta=prepare(spec).meta, log=log)

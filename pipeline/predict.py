@@ -74,14 +74,15 @@ def _activate(logits: torch.Tensor, activation: str | None) -> torch.Tensor:
 # ---- sources -------------------------------------------------------------------------------
 
 
-def _spec_source(path: Path, checkpoint: str) -> tuple[Any, dict[str, Any], Any]:
-    """(model, metadata, spec) of a spec's trained run."""
+def _spec_source(path: Path, checkpoint: str | None) -> tuple[Any, dict[str, Any], Any]:
+    """(model, metadata, spec) of a spec's trained run: its ``checkpoint`` (default: the one
+    ``evaluate.checkpoint`` names, so predict uses the weights evaluate measured)."""
     from pipeline.data.prepare import prepare
     from pipeline.spec import load_spec
     from pipeline.train.checkpoint import load_trained
 
     spec = load_spec(path)
-    model, _ = load_trained(spec, checkpoint)
+    model, _ = load_trained(spec, checkpoint or spec.evaluate.checkpoint)
     meta = metadata(spec, model, prepare(spec).meta) | {"seed": spec.seed}  # MC dropout's seed
     return model, meta, spec
 
@@ -130,7 +131,7 @@ def _onnx_source(path: Path) -> tuple[Probabilities, dict[str, Any]]:
 
 
 def load_source(
-    source: str | Path, *, checkpoint: str = "best", trust: bool = False
+    source: str | Path, *, checkpoint: str | None = None, trust: bool = False
 ) -> tuple[Probabilities, dict[str, Any], Any]:
     """(probabilities function, metadata, model or None) of a spec (its trained run) or an
     exported ``.pt``/``.onnx`` file. The model is returned only for a spec (MC dropout).
@@ -181,11 +182,12 @@ def predict_files(
     *,
     mc_samples: int = 0,
     batch_size: int = 256,
-    checkpoint: str = "best",
+    checkpoint: str | None = None,
     trust: bool = False,
 ) -> list[dict[str, Any]]:
-    """Classify image files, in order. ``source``: a spec (its run's ``checkpoint``, best or
-    last, and prepared meta) or an exported ``.pt``/``.onnx`` (metadata inside).
+    """Classify image files, in order. ``source``: a spec (its run's ``checkpoint``, best, last
+    or swa, by default the one ``evaluate.checkpoint`` names; and prepared meta) or an exported
+    ``.pt``/``.onnx`` (metadata inside).
 
     Each result: ``file``, ``class``, ``probability``, ``probabilities`` (top 5, class ->
     probability, best first), multi-label: ``labels`` (the classes at or above
@@ -203,6 +205,11 @@ def predict_files(
         raise PredictError(
             "MC dropout needs the spec (the exported graph has dropout "
             "removed): pass the spec, or mc_samples=0"
+        )
+    if checkpoint is not None and Path(source).suffix in EXPORT_SUFFIXES:
+        raise PredictError(
+            f"a checkpoint ({checkpoint}) is chosen for a spec's run; {source} is an exported "
+            "file, which holds its own weights: leave the checkpoint out"
         )
     from PIL import Image
 

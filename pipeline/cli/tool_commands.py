@@ -34,6 +34,7 @@ def add_commands(sub: Any) -> None:
         "predict loads only the ones this project exported)",
     )
     p.add_argument("--fold", action="store_true", help="fold batch norm into conv/dense first")
+    _checkpoint_option(p)
     p.set_defaults(handler=export)
 
     p = sub.add_parser("predict", help="classify image files with a trained spec or an export")
@@ -41,6 +42,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--mc-samples", type=int, default=0, help="MC dropout passes (spec only)")
     p.add_argument("--json", action="store_true", help="print JSON lines")
+    _checkpoint_option(p, "(a spec only) ")
     p.add_argument(
         "--trust",
         action="store_true",
@@ -83,13 +85,22 @@ def summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoint_option(p: argparse.ArgumentParser, which: str = "") -> None:
+    p.add_argument(
+        "--checkpoint",
+        choices=["best", "last", "swa"],
+        help=f"{which}the run's weights to use; default: the spec's evaluate.checkpoint (best "
+        "unless set), the weights evaluate measured",
+    )
+
+
 def export(args: argparse.Namespace) -> int:
     from pipeline.export import DEFAULT_FORMAT, export_run
 
     spec = load(args)
     formats = args.formats or list(spec.evaluate.export) or [DEFAULT_FORMAT]
     fold = args.fold or spec.evaluate.fold_batch_norm
-    written = export_run(spec, formats, fold=fold, log=print)
+    written = export_run(spec, formats, fold=fold, checkpoint=args.checkpoint, log=print)
     for kind, path in written.items():
         print(f"{kind:12} {path}")
     return 0
@@ -98,7 +109,13 @@ def export(args: argparse.Namespace) -> int:
 def predict(args: argparse.Namespace) -> int:
     from pipeline.predict import predict_files
 
-    results = predict_files(args.source, args.images, mc_samples=args.mc_samples, trust=args.trust)
+    results = predict_files(
+        args.source,
+        args.images,
+        mc_samples=args.mc_samples,
+        checkpoint=args.checkpoint,
+        trust=args.trust,
+    )
     for r in results:
         if args.json:
             print(json.dumps(r, default=str))

@@ -66,8 +66,8 @@ class Checkpoint(StrictModel):
     """auto: early stopping's monitor if set, else val_loss with a validation split, else loss."""
     mode: Literal["auto", "min", "max"] = "auto"
     best: bool = True
-    """Keep ``best.pt``: early stopping's restore_best, evaluate.checkpoint: best, predict and
-    export read it."""
+    """Keep ``best.pt``: early stopping's restore_best, and evaluate.checkpoint: best (what
+    evaluate, predict and export then read) need it."""
     keep_top: Annotated[int, Field(ge=1, le=100)] | None = None
     """Also keep the k best epochs by ``monitor``, each in its own file named with its epoch
     and value (``top_epoch003_val_loss_0.0412.pt``); a file that falls out of the k best is
@@ -241,7 +241,8 @@ class EvaluateSection(StrictModel):
     """256 rather than larger: the default convnet evaluated fastest at 128-256 on this project's
     CPU (fp32 about 29.5k images/s, 24k at 512, whose activations outgrow the caches)."""
     checkpoint: Literal["best", "last", "swa"] = "best"
-    """Which weights: the best epoch's, the last epoch's, or train.swa's average."""
+    """Which weights: the best epoch's, the last epoch's, or train.swa's average; export and
+    predict of the spec use the same unless given ``--checkpoint``."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """Inference precision. bf16 runs under autocast on CUDA and on CPUs with native bf16
     (AVX-512 BF16 or AMX; 1.8-2.1x faster for the default convnet on this project's CPU), and

@@ -126,6 +126,46 @@ def test_swa_averages_the_epoch_end_weights(workdir):
     assert "val_accuracy" in summary["weights"]["swa"]
     assert evaluate(spec, log=quiet)["checkpoint_epoch"] == 3
 
+    # export and predict take the weights evaluate measured (evaluate.checkpoint: swa) unless
+    # told another checkpoint
+    import numpy as np
+    import onnxruntime
+    import yaml
+    from PIL import Image
+
+    from pipeline.export import export_run
+    from pipeline.predict import PredictError, predict_files
+
+    x = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    swa_model, _ = ckpt.load_trained(spec, "swa")
+    best_model, _ = ckpt.load_trained(spec, "best")
+    with torch.no_grad():
+        want, other = swa_model(x), best_model(x)
+    assert not torch.allclose(want, other, atol=1e-4)
+    onnx_file = export_run(spec, ["onnx"], out_dir=workdir / "exported")["onnx"]
+    session = onnxruntime.InferenceSession(str(onnx_file))
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-5)
+
+    tree = yaml.safe_load(MLP.format(name="swa", epochs=3))
+    tree["train"] |= {"swa": {"start_epoch": 2, "lr": 0.01, "anneal_epochs": 1}}
+    tree["train"]["checkpoint"] = {"monitor": "loss", "keep_top": 3}
+    tree["evaluate"] = {"checkpoint": "swa"}
+    (workdir / "swa.yaml").write_text(yaml.safe_dump(tree))
+    files = []
+    for i in range(3):
+        files.append(workdir / f"img{i}.png")
+        Image.fromarray((np.random.default_rng(i).random((28, 28)) * 255).astype("uint8")).save(
+            files[-1]
+        )
+
+    def probabilities(**how) -> list[dict[str, float]]:
+        return [e["probabilities"] for e in predict_files(workdir / "swa.yaml", files, **how)]
+
+    assert probabilities() == probabilities(checkpoint="swa") != probabilities(checkpoint="best")
+    with pytest.raises(PredictError, match="exported file, which holds its own weights"):
+        predict_files(onnx_file, files, checkpoint="best")
+
 
 def test_a_run_with_ema_swa_and_accumulation_resumes_bit_for_bit(workdir):
     more = [

@@ -67,6 +67,9 @@ def _timm(layer: Backbone, ctx: LayerContext) -> nn.Module:
     build = ctx.build
     name = layer.arch.removeprefix(PREFIX)
     options: dict[str, Any] = {} if layer.include_top else {"num_classes": 0, "global_pool": ""}
+    channels = ctx.in_shape[0]
+    if channels != 3:  # timm's in_chans: pretrained first convs are adapted by timm itself
+        options["in_chans"] = channels
     download = isinstance(layer.weights, str) and build.load_weights and not build.meta
     model = _create(name, layer, build, options, download)
     if isinstance(layer.weights, WeightsFile) and build.load_weights and not build.meta:
@@ -77,7 +80,7 @@ def _timm(layer: Backbone, ctx: LayerContext) -> nn.Module:
         own = set(model.state_dict())
         head = _head_prefixes(model)
         kept = {k: v for k, v in state.items() if k in own or not k.startswith(head)}
-        load_into(model, kept, f"{layer.arch} weights")
+        load_into(model, _adapt_first_conv(model, kept, channels), f"{layer.arch} weights")
     model.__class__ = _with_blocks(type(model))
     return model
 
@@ -109,6 +112,23 @@ def _create(
                 f"Hugging Face hub ({type(err).__name__}: {err}). Save the model's state dict "
                 "on a machine with internet and set weights: {path: <file>.pth} in the spec"
             ) from err
+
+
+def _adapt_first_conv(
+    model: nn.Module, state: dict[str, torch.Tensor], channels: int
+) -> dict[str, torch.Tensor]:
+    """A weights file saved from an RGB model, for a model of ``channels`` input channels: its
+    first convolution adapted as timm adapts pretrained weights (``adapt_input_conv``: summed
+    over RGB for one channel, repeated and rescaled for more)."""
+    from timm.models import adapt_input_conv
+
+    first = model.pretrained_cfg.get("first_conv")
+    for conv in [first] if isinstance(first, str) else first or ():
+        key = f"{conv}.weight"
+        weight = state.get(key)
+        if weight is not None and weight.dim() == 4 and weight.shape[1] != channels:
+            state = {**state, key: adapt_input_conv(channels, weight)}
+    return state
 
 
 def _head_prefixes(model: nn.Module) -> tuple[str, ...]:

@@ -102,6 +102,17 @@ def _activations_per_pixel(net: nn.Module, side: int = 64) -> float:
     return sum(sizes) / (side * side)
 
 
+def _first_conv_per_channel(net: nn.Module) -> int:
+    """Parameters of the first convolution(s) per input channel: what ``in_chans`` other than
+    3 adds or takes away."""
+    first = net.pretrained_cfg.get("first_conv")
+    total = 0
+    for conv in [first] if isinstance(first, str) else first or ():
+        weight = net.get_submodule(conv).weight
+        total += weight.numel() // weight.shape[1]
+    return total
+
+
 def entry(name: str) -> dict[str, Any]:
     """What validation needs to know of ``timm/<name>``, measured on the meta device."""
     features, top = _create(name, top=False), _create(name, top=True)
@@ -128,6 +139,7 @@ def entry(name: str) -> dict[str, Any]:
         "std": [round(v, 6) for v in cfg["std"]],
         "params": params,
         "top_params": top_params,
+        "first_conv_per_channel": _first_conv_per_channel(features),
         "buffers": buffers,
         "activations_per_pixel": _activations_per_pixel(features),
     }

@@ -22,11 +22,22 @@ def _same(given: list[float], wanted: list[float]) -> bool:
     )
 
 
-def _fits(normalize: object, arch: TimmArch) -> bool:
+def _expected(arch: TimmArch, channels: int | None) -> tuple[list[float], list[float]] | None:
+    """The normalization the pretrained weights expect of ``channels`` input channels: timm's
+    own for RGB; for one channel, whose first convolution timm sums over RGB, the RGB values'
+    means (a grey image seen as the same value in R, G and B); none it can say for others."""
+    if channels in (None, 3):
+        return arch.mean, arch.std
+    if channels == 1:
+        return [round(sum(arch.mean) / 3, 4)], [round(sum(arch.std) / 3, 4)]
+    return None
+
+
+def _fits(normalize: object, wanted: tuple[list[float], list[float]]) -> bool:
     return (
         isinstance(normalize, ExplicitNormalization)
-        and _same(normalize.mean, arch.mean)
-        and _same(normalize.std, arch.std)
+        and _same(normalize.mean, wanted[0])
+        and _same(normalize.std, wanted[1])
     )
 
 
@@ -39,15 +50,17 @@ def _timm_normalization(spec: Spec) -> Iterator[Problem]:
         if not isinstance(layer, Backbone) or layer.weights is None:
             continue
         arch = TIMM_ARCHS.get(layer.arch)
-        if arch is None or _fits(spec.data.normalize, arch):
+        wanted = _expected(arch, spec.data.channels()) if arch is not None else None
+        if wanted is None or _fits(spec.data.normalize, wanted):
             continue
         size = "x".join(map(str, arch.input_size[1:]))
+        grey = " (their RGB values averaged for one channel)" if len(wanted[0]) == 1 else ""
         yield warn(
             f"{name} ({layer.arch}) has pretrained weights trained on inputs normalized with "
-            f"mean {arch.mean}, std {arch.std} (at {size}), but data.normalize is "
+            f"mean {wanted[0]}, std {wanted[1]}{grey} (at {size}), but data.normalize is "
             f"{_show(spec.data.normalize)}",
             ("data", "normalize"),
-            hint=f"normalize: {{mean: {arch.mean}, std: {arch.std}}}",
+            hint=f"normalize: {{mean: {wanted[0]}, std: {wanted[1]}}}",
         )
         return
 

@@ -207,10 +207,11 @@ class Backbone(LayerBase):
     def output_shape(self, shape: Shape) -> Shape:
         c, h, w = need_map(f"backbone {self.arch}", shape)
         arch = BACKBONE_ARCHS[self.arch]
-        if c != 3:
+        if c != 3 and not self.arch.startswith(PREFIX):  # timm takes any: in_chans
             raise ShapeError(
                 f"{self.arch} takes RGB input (3 channels), got {c}",
-                "set data.color_mode: rgb (grayscale images are repeated to 3 channels)",
+                "set data.color_mode: rgb (grayscale images are repeated to 3 channels), or "
+                "use a timm backbone (arch: timm/<name>), which takes any number of channels",
             )
         if min(h, w) < arch.min_size:
             raise ShapeError(

@@ -180,8 +180,10 @@ RULES[LayerNorm] = RULES[GroupNorm] = _affine_norm
 @_rule(Backbone)
 def _backbone(layer: Backbone, shape: Shape, out: Shape) -> Footprint:
     size = BACKBONES[layer.arch]
+    arch = TIMM_ARCHS.get(layer.arch)  # timm takes other than 3 channels (in_chans)
+    more = (shape[0] - 3) * arch.first_conv_per_channel if arch is not None else 0
     return Footprint(
-        params=size.top_params if layer.include_top else size.params,
+        params=(size.top_params if layer.include_top else size.params) + more,
         buffers=size.buffers,
         activations=math.ceil(size.activations_per_pixel * shape[1] * shape[2]),
     )

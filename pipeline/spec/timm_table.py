@@ -56,6 +56,8 @@ class TimmArch(Arch):
     """The normalization its pretrained weights expect (pretrained_cfg), per RGB channel."""
     params: int
     top_params: int
+    first_conv_per_channel: int = 0
+    """Parameters of its first convolution per input channel (params count 3 channels)."""
     buffers: int
     activations_per_pixel: float
 

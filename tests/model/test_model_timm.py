@@ -99,6 +99,35 @@ def test_a_weights_file_of_the_timm_model_gives_its_outputs(spec_of, tmp_path, t
         assert torch.allclose(model(x), want, atol=1e-5)
 
 
+def test_a_timm_backbone_takes_one_channel_and_an_rgb_weights_file_sums_its_first_conv(
+    spec_of, tmp_path
+):
+    """Grayscale MNIST into a timm backbone: timm's in_chans, and a weights file saved from the
+    RGB model adapted as timm adapts pretrained weights, so a grey image gives what the RGB
+    model gives for that image in R, G and B."""
+    layers = f"- {{type: backbone, arch: timm/{NAME}, include_top: false}}"
+    spec = spec_of(layers, [1, 64, 64], data="{dataset: mnist, image_size: [64, 64]}")
+    model = build_model(spec).eval()
+    with torch.device("meta"):
+        want = timm.create_model(NAME, in_chans=1, num_classes=0, global_pool="")
+    assert count(model) == count(want) < count(reference(NAME, top=False))
+    assert footprint(spec.model.layers, (1, 64, 64)).stored == summarize(model, spec).total_params
+
+    torch.manual_seed(3)
+    source = timm.create_model(NAME).eval()  # RGB
+    torch.save(source.state_dict(), tmp_path / "rgb.pth")
+    extra = f", weights: {{path: {tmp_path / 'rgb.pth'}}}"
+    grey = build_model(spec_of(layers.replace("}", extra + "}"), [1, 64, 64], check=False)).eval()
+    first = grey.backbone_1.conv1[0].weight
+    assert first.shape[1] == 1
+    torch.testing.assert_close(first, source.conv1[0].weight.sum(1, keepdim=True))
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            grey(x), source.forward_features(x.repeat(1, 3, 1, 1)), rtol=1e-4, atol=1e-4
+        )
+
+
 def test_unknown_pretrained_tag_lists_timm_s(spec_of):
     with pytest.raises(ModelBuildError, match=r"no weights 'in22k'; valid: DEFAULT, r160_in1k"):
         build_model(timm_spec(spec_of, extra=", weights: in22k"))
@@ -147,7 +176,6 @@ name: timm_mnist
 seed: 0
 data:
   dataset: mnist
-  color_mode: rgb
   image_size: [32, 32]
   subset: {train_per_class: 30, test_per_class: 10}
   validation: {fraction: 0.25}

@@ -10,7 +10,7 @@ from pipeline.spec.checks import run_checks
 
 SPEC = """\
 name: t
-data: {{dataset: cifar10, image_size: {size}{normalize}}}
+data: {{dataset: {dataset}, image_size: {size}{normalize}}}
 model:
   layers:
     - {{type: backbone, arch: {arch}{weights}}}
@@ -19,8 +19,14 @@ model:
 """
 
 
-def text(arch: str = "timm/resnet18", size: int = 64, normalize: str = "", weights: str = ""):
-    return SPEC.format(arch=arch, size=size, normalize=normalize, weights=weights)
+def text(
+    arch: str = "timm/resnet18",
+    size: int = 64,
+    normalize: str = "",
+    weights: str = "",
+    dataset: str = "cifar10",
+):
+    return SPEC.format(arch=arch, size=size, normalize=normalize, weights=weights, dataset=dataset)
 
 
 def test_unknown_timm_name_is_located_with_a_did_you_mean(problems):
@@ -58,6 +64,22 @@ def test_pretrained_weights_want_timm_s_normalization(write):
     spec = load_spec(write(text(weights=", weights: DEFAULT", normalize=imagenet)))
     assert not [p for p in run_checks(spec) if p.code == "timm-normalization"]
     spec = load_spec(write(text()))  # random init: any normalization
+    assert not [p for p in run_checks(spec) if p.code == "timm-normalization"]
+
+
+def test_grayscale_input_suits_timm_but_not_a_torchvision_backbone(write, problems):
+    spec = load_spec(write(text(dataset="mnist")))  # 1 channel: timm's in_chans
+    assert spec.model.layers[0].output_shape((1, 64, 64)) == (512, 2, 2)
+    (p,) = [p for p in problems(text("resnet18", dataset="mnist")) if p.severity == "error"]
+    assert "resnet18 takes RGB input (3 channels), got 1" in p.message
+    assert "timm/<name>" in (p.hint or "") and "color_mode: rgb" in (p.hint or "")
+    # pretrained RGB weights, summed over R, G and B for one channel: ImageNet's statistics
+    # averaged over the channels
+    spec = load_spec(write(text(weights=", weights: DEFAULT", dataset="mnist")))
+    (warning,) = [p for p in run_checks(spec) if p.code == "timm-normalization"]
+    assert "mean: [0.449], std: [0.226]" in (warning.hint or "")
+    grey = ", normalize: {mean: [0.449], std: [0.226]}"
+    spec = load_spec(write(text(weights=", weights: DEFAULT", dataset="mnist", normalize=grey)))
     assert not [p for p in run_checks(spec) if p.code == "timm-normalization"]
 
 

@@ -97,9 +97,10 @@ def _batch_mix(spec: Spec) -> Iterator[Problem]:
 
 @check("weighted-loss-targets")
 def _weighted_loss_targets(spec: Spec) -> Iterator[Problem]:
-    """Class weights (train.class_weights) and the focal loss weigh each sample by its one
-    class: multi-label data (several classes per image) and mixup/cutmix (soft targets, two
-    classes per image) have none. An error."""
+    """Class weights (train.class_weights) and the softmax focal loss weigh each sample by its
+    one class: multi-label data (several classes per image) and mixup/cutmix (soft targets, two
+    classes per image) have none. An error. (Multi-label, the focal loss is a sigmoid one per
+    output, which takes them.)"""
     t, a = spec.train, spec.augment
     why = []
     if spec.data.multi_label:
@@ -117,7 +118,7 @@ def _weighted_loss_targets(spec: Spec) -> Iterator[Problem]:
             ("train", "class_weights"),
             hint="remove class_weights",
         )
-    if t.loss == "focal":
+    if t.loss == "focal" and not spec.data.multi_label:  # multi-label: a sigmoid per output
         yield Problem(
             f"the focal loss takes one class per sample, which {what} ({where}) do not give",
             ("train", "loss"),

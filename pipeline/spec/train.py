@@ -161,9 +161,9 @@ class TrainSection(StrictModel):
     loss: Literal["auto", "cross_entropy", "binary_cross_entropy", "focal"] = "auto"
     """auto: binary cross-entropy for one output unit, else cross-entropy; both on logits (a
     final softmax/sigmoid layer is applied only at prediction, never twice). focal: Lin et
-    al.'s focal loss, -(1 - p_t)^gamma log p_t (softmax, or sigmoid for one output unit),
-    which down-weights examples the model already gets right; ``class_weights`` are its
-    alpha."""
+    al.'s focal loss, -(1 - p_t)^gamma log p_t (softmax, or sigmoid for one output unit or
+    per output with data.multi_label), which down-weights examples the model already gets
+    right; ``class_weights`` are its alpha."""
     focal_gamma: NonNegativeFloat = 2.0
     """The focal loss's gamma (Lin et al.'s 2); 0 is plain cross-entropy."""
     class_weights: ClassWeights | None = None

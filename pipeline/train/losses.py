@@ -8,9 +8,11 @@ loss at gamma 0 equals the cross-entropy with the same weights.
 
 Targets are class indices (N,), or float rows shaped like the logits: soft targets from
 mixup/cutmix (:mod:`.mix`) and, multi-label (``data.multi_label``), multi-hot rows (N, K)
-with a binary cross-entropy per output. Class weights and the focal loss need class indices:
-the spec checks refuse them with soft or multi-hot targets (``weighted-loss-targets``), and
-the builders say so again if called with them.
+with a binary cross-entropy per output. Class weights and the (softmax) focal loss need class
+indices: the spec checks refuse them with soft or multi-hot targets (``weighted-loss-targets``),
+and the builders say so again if called with them. Multi-label, the focal loss is the sigmoid
+one per output (torchvision's ``sigmoid_focal_loss``, mean over samples and outputs: gamma 0 is
+the binary cross-entropy).
 """
 
 from __future__ import annotations
@@ -134,6 +136,9 @@ def softmax_focal_loss(logits: torch.Tensor, y: torch.Tensor, gamma: float) -> t
 @_builds("focal")
 def _focal(o: LossOptions) -> LossFn:
     def focal(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if o.multi_label:  # a sigmoid focal loss per output, on multi-hot (or mixed) rows
+            target = y.to(logits.dtype).view_as(logits)
+            return sigmoid_focal_loss(logits, target, alpha=-1, gamma=o.gamma, reduction="mean")
         hard(y, "the focal loss")
         if o.outputs == 1:  # alpha=-1: no built-in alpha, the class weights are the alpha
             target = _binary_target(logits, y, 0.0)
@@ -160,8 +165,10 @@ def build_loss(kind: str, options: LossOptions) -> LossFn:
     multi = options.multi_label
     if kind == "auto":
         kind = "binary_cross_entropy" if options.outputs == 1 or multi else "cross_entropy"
-    if multi and kind != "binary_cross_entropy":
-        raise ConfigurationError(f"multi-label data needs binary_cross_entropy, not {kind}")
+    if multi and kind not in ("binary_cross_entropy", "focal"):
+        raise ConfigurationError(
+            f"multi-label data needs binary_cross_entropy or focal (per output), not {kind}"
+        )
     if multi and options.weights is not None:
         raise ConfigurationError("class weights need one class per sample, not multi-label data")
     return LOSS_BUILDERS[kind](options)

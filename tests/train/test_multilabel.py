@@ -125,6 +125,15 @@ def test_pairs_of_digits_train_to_a_micro_f1(project):
     assert right >= 12, got  # about 72% of the test pairs have every class right
 
 
+def test_pairs_of_digits_train_with_the_focal_loss_and_mixup(project):
+    spec = spec_in(
+        project, overrides=["train.loss=focal", "augment.mixup={alpha: 0.2}", "name=pairs_focal"]
+    )
+    result = train(spec, prepared=prepare(spec), log=quiet)
+    first, *_, last = result.history
+    assert last["loss"] < first["loss"] and last["val_micro_f1"] >= 0.8, last
+
+
 def test_the_metrics_by_hand():
     y = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]])
     pred = torch.tensor([[1, 0, 0], [0, 1, 0], [1, 1, 1], [0, 1, 1]]).bool()
@@ -228,15 +237,15 @@ def test_what_needs_one_class_per_image_is_refused_for_multi_label(tmp_path):
         tmp_path,
         overrides=[
             "train.class_weights=balanced",
-            "train.loss=focal",
+            "train.loss=focal",  # the sigmoid one per class: not refused
             "train.sampler=balanced",
             "evaluate.tta={flip: true}",
         ],
     )
     text = "\n".join(found)
-    assert len(found) == 4, text
+    assert len(found) == 3, text
     assert "train.class_weights: class_weights weigh a sample by its one class" in text
-    assert "train.loss: the focal loss takes one class per sample" in text
+    assert "focal" not in text
     assert "train.sampler: sampler: balanced draws by each image's one class" in text
     assert "evaluate.tta: evaluate.tta is not computed for multi-label data" in text
     assert all(p.startswith("-S ") for p in found), text  # located at the override
@@ -254,7 +263,22 @@ def test_the_multi_label_loss_is_the_table_s_binary_cross_entropy_per_class():
         torch.testing.assert_close(got, expected)
     assert "binary_cross_entropy" in LOSS_BUILDERS
     with pytest.raises(ConfigurationError, match="multi-label data needs binary_cross_entropy"):
-        loss_fn("focal", 3, 0.0, multi_label=True)
+        loss_fn("cross_entropy", 3, 0.0, multi_label=True)
+    # the focal loss per class: the binary cross-entropy at gamma 0; at gamma 2 each (image,
+    # class) term scaled by (1 - p_t)^2, so confident right outputs count for almost nothing
+    focal0 = loss_fn("focal", 3, 0.0, gamma=0.0, multi_label=True)(logits, y)
+    torch.testing.assert_close(focal0, expected)
+    easy = torch.tensor([[6.0, -6.0, 0.0]])
+    target = torch.tensor([[1, 0, 1]])
+    per = torch.nn.functional.binary_cross_entropy_with_logits(
+        easy, target.float(), reduction="none"
+    )
+    p_t = torch.where(target == 1, easy.sigmoid(), 1 - easy.sigmoid())
+    focal2 = loss_fn("focal", 3, 0.0, gamma=2.0, multi_label=True)(easy, target)
+    torch.testing.assert_close(focal2, ((1 - p_t) ** 2 * per).mean())
+    assert focal2 < 0.3 * per.mean()  # the uncertain third output is nearly all of it
+    mixed = torch.tensor([[0.7, 0.0, 0.3]])  # mixup's rows of two multi-hot images
+    assert loss_fn("focal", 3, 0.0, multi_label=True)(easy, mixed) > 0
     with pytest.raises(ConfigurationError, match="class weights need one class per sample"):
         loss_fn("auto", 3, 0.0, [1.0, 2.0, 1.0], multi_label=True)
 

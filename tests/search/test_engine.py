@@ -82,17 +82,20 @@ def cli(*args: str, **kw) -> subprocess.Popen:
 
 
 def polled(db: Path, name: str) -> optuna.Study | None:
-    """The study while a search process writes it; None before it exists."""
+    """The study while a search process writes it; None before it exists. Optuna's storage
+    makes the tables it finds missing, so it is opened only once the study's row is there:
+    before, opening it raced the search making them ('already exists', a UNIQUE failure)."""
     if not db.is_file():
         return None
-    from sqlalchemy.exc import OperationalError
+    import contextlib
+    import sqlite3
 
     try:
-        return optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
-    except KeyError:  # the tables are made, the study not yet
+        with contextlib.closing(sqlite3.connect(db, timeout=5)) as con:
+            row = con.execute("SELECT 1 FROM studies WHERE study_name = ?", (name,)).fetchone()
+    except sqlite3.OperationalError:  # no table yet, or busy
         return None
-    except OperationalError:  # both processes making the tables at once ("already exists")
-        return None
+    return None if row is None else optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
 
 
 def test_pruning_stops_hopeless_trials_after_fewer_epochs(project):

@@ -17,7 +17,8 @@ pipeline's own loop:
 
 Run: ``PIPELINE_DATA_MIRROR=../shared/datasets .venv/bin/python benchmarks/search.py``
 (``--quick`` for a smoke run with fewer trials, ``--only pruning`` for one part, ``--only
-overhead --epochs 16`` for the overhead with longer trials).
+overhead --epochs 16`` for the overhead with longer trials, ``--only plots`` for the report's
+plots drawn one after the other against the drawing process).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ optimizer: {type: adam, lr: 1.0e-3}
 train: {epochs: 4, batch_size: 32}
 """
 
-PARTS = ["overhead", "pruning", "samplers"]
+PARTS = ["overhead", "pruning", "samplers", "plots"]
 ROUNDS = 5  # of the overhead comparison: the median of the rounds' ratios
 PRUNE_EPOCHS = 8
 PRUNERS = {  # each as a search file declares it
@@ -177,6 +178,36 @@ def bare_loop(
         study.enqueue_trial(point)
     study.optimize(objective, n_trials=trials)
     return time.perf_counter() - began, study
+
+
+def plots_part(root: Path, rounds: int) -> dict:
+    from pipeline.search import plots
+
+    points = proposals(0, 10)
+    _, study = engine_search(
+        root, "plotted", points, sampler={"type": "tpe", "seed": 0}, budget={"trials": 10},
+        overrides=["train.epochs=2"],
+    )  # fmt: skip
+    names, _ = plots.plan(study, multi=False)
+    snap = plots.snapshot(study, ["val_accuracy"])
+    for name in names:  # the in-process side's imports and first draw, off the clock
+        plots._draw_here(snap, name, str(root / "warm" / name))
+    here, there = [], []
+    for r in range(rounds):
+        began = time.perf_counter()
+        for name in names:
+            plots._draw_here(snap, name, str(root / f"here{r}" / name))
+        here.append(time.perf_counter() - began)
+        plots.warm()
+        time.sleep(5)  # as after a search's trials: its imports made
+        began = time.perf_counter()
+        plots.draw_all(snap, names, root / f"there{r}")
+        there.append(time.perf_counter() - began)
+    ratio = statistics.median(t / h for t, h in zip(there, here, strict=True))
+    print(f"4. the {len(names)} plots of 10 trials: one after the other "
+          f"{[round(x, 2) for x in here]} s, the drawing process on {plots._cores()} cores "
+          f"{[round(x, 2) for x in there]} s: {ratio:.2f}x")  # fmt: skip
+    return {"here_s": here, "there_s": there, "ratio": ratio, "cores": plots._cores()}
 
 
 def epochs_of(study: optuna.Study) -> int:
@@ -294,6 +325,10 @@ def main() -> int:
                     f"after {k}: " + "/".join(f"{run[k - 1]:.4f}" for run in runs) for k in at
                 )
                 print(f"3. {sampler}: best val accuracy so far (seeds 0/1/2) {cells}")
+        # 4. the report's plots of a 10-trial study: one after the other in this process
+        # (imports made) against the drawing process split over the cores
+        if "plots" in parts:
+            figures["plots"] = plots_part(root, args.rounds)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0

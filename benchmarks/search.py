@@ -181,7 +181,8 @@ def bare_loop(
 
 
 def plots_part(root: Path, rounds: int) -> dict:
-    from pipeline.search import plots
+    from pipeline import proc
+    from pipeline.search import plot_server, plots
 
     points = proposals(0, 10)
     _, study = engine_search(
@@ -191,23 +192,23 @@ def plots_part(root: Path, rounds: int) -> dict:
     names, _ = plots.plan(study, multi=False)
     snap = plots.snapshot(study, ["val_accuracy"])
     for name in names:  # the in-process side's imports and first draw, off the clock
-        plots._draw_here(snap, name, str(root / "warm" / name))
+        plot_server._draw_here(snap, name, str(root / "warm" / name))
     here, there = [], []
     for r in range(rounds):
         began = time.perf_counter()
         for name in names:
-            plots._draw_here(snap, name, str(root / f"here{r}" / name))
+            plot_server._draw_here(snap, name, str(root / f"here{r}" / name))
         here.append(time.perf_counter() - began)
-        plots.warm()
+        plot_server.warm()
         time.sleep(5)  # as after a search's trials: its imports made
         began = time.perf_counter()
-        plots.draw_all(snap, names, root / f"there{r}")
+        plot_server.draw_all(snap, names, root / f"there{r}")
         there.append(time.perf_counter() - began)
     ratio = statistics.median(t / h for t, h in zip(there, here, strict=True))
     print(f"4. the {len(names)} plots of 10 trials: one after the other "
-          f"{[round(x, 2) for x in here]} s, the drawing process on {plots._cores()} cores "
+          f"{[round(x, 2) for x in here]} s, the drawing process on {proc.cores()} cores "
           f"{[round(x, 2) for x in there]} s: {ratio:.2f}x")  # fmt: skip
-    return {"here_s": here, "there_s": there, "ratio": ratio, "cores": plots._cores()}
+    return {"here_s": here, "there_s": there, "ratio": ratio, "cores": proc.cores()}
 
 
 def epochs_of(study: optuna.Study) -> int:

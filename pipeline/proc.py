@@ -1,9 +1,12 @@
-"""Whether a process is alive: for stale temporary folders of a killed prepare and for the
-pipeline-managed Prefect server. No heavy imports."""
+"""Processes: whether one is alive (stale temporary folders of a killed prepare, the
+pipeline-managed Prefect server), the cores this one may use, and a child that ends with its
+parent. No heavy imports."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from pathlib import Path
 
 
@@ -57,3 +60,20 @@ def tag_gone(tag: str) -> int | None:
     if start != "-" and start_ticks(number) not in ("-", start):
         return number  # the pid now belongs to another process
     return None
+
+
+def cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def end_with_parent() -> None:
+    """In a child, before it runs (``preexec_fn``): SIGTERM when its parent dies, so that it
+    never outlives it (Linux's PR_SET_PDEATHSIG; elsewhere nothing)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

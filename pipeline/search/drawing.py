@@ -1,13 +1,12 @@
-"""Draws one of a search's plots from a :class:`~pipeline.search.plots.Snapshot`: what runs in
-a drawing process (see :mod:`pipeline.search.plots`). Importing it imports matplotlib (Agg),
-Optuna's matplotlib plots and its importance evaluators, which is why the fork server
-preloads it."""
+"""Draws one of a search's plots from a :class:`~pipeline.search.plots.Snapshot`; run as
+``python -m pipeline.search.drawing``, the drawing process of :mod:`pipeline.search.plot_server`.
+Importing it imports matplotlib (Agg), Optuna's matplotlib plots and its importance evaluators:
+what that process does while the trials train."""
 
 from __future__ import annotations
 
 import os
 import pickle
-import struct
 import sys
 import warnings
 from pathlib import Path
@@ -30,7 +29,10 @@ from pipeline.search.plots import (
     PARALLEL,
     PARETO_FRONT,
     Snapshot,
+    read_message,
+    signed,
     varying,
+    write_message,
 )
 
 _COST = {PARALLEL: 3.0, PARETO_FRONT: 2.0, INTERMEDIATE: 1.2, HISTORY: 1.0, IMPORTANCES: 1.0}
@@ -47,12 +49,6 @@ def study_of(snap: Snapshot) -> optuna.Study:
     study = optuna.create_study(directions=snap.directions)
     study.add_trials(sorted(snap.trials, key=lambda t: t.number))
     return study
-
-
-def _first(study: optuna.Study) -> Any:
-    """The first objective of a trial, negated when it is maximized: lower is better."""
-    sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
-    return lambda t: sign * t.values[0]
 
 
 def draw(name: str, study: optuna.Study, snap: Snapshot) -> Any:
@@ -76,7 +72,7 @@ def draw(name: str, study: optuna.Study, snap: Snapshot) -> Any:
         return plots.plot_param_importances(
             study,
             params=params,
-            target=_first(study),
+            target=signed(study, 0),
             target_name=f"{metrics[0]} (first objective)",
         )
     if name == INTERMEDIATE:
@@ -115,7 +111,7 @@ def draw_file(snap: Snapshot, name: str, path: Path) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# the drawing process: ``python -m pipeline.search.drawing`` (started by plots.warm)
+# the drawing process: ``python -m pipeline.search.drawing`` (started by plot_server.warm)
 
 
 def _draw_jobs(snap: Snapshot, jobs: list[tuple[str, str]]) -> dict[str, str | None]:
@@ -160,25 +156,15 @@ def draw_forked(snap: Snapshot, jobs: list[tuple[str, str]], procs: int) -> dict
     return results
 
 
-def _read(stream: Any, size: int) -> bytes | None:
-    data = stream.read(size)
-    return data if len(data) == size else None
-
-
 def main() -> int:
-    """Serve the search process that started this one: read a request from stdin (its
-    length, then a pickle of snapshot, jobs and processes), draw it, write the reply (its
-    length, then a pickle of what was drawn); until stdin ends."""
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    while (head := _read(stdin, 8)) is not None:
-        body = _read(stdin, struct.unpack("!Q", head)[0])
-        if body is None:
-            return 1
-        snap, jobs, procs = pickle.loads(body)  # from the parent, over a private pipe
-        reply = pickle.dumps(draw_forked(snap, jobs, procs))
-        stdout.write(struct.pack("!Q", len(reply)) + reply)
-        stdout.flush()
-    return 0
+    """Serve the search process that started this one: read a request from stdin (snapshot,
+    jobs, processes), draw it, write what was drawn to stdout; until stdin ends."""
+    while True:
+        try:
+            snap, jobs, procs = read_message(sys.stdin.buffer)  # from the parent's pipe
+        except EOFError:  # the search ended
+            return 0
+        write_message(sys.stdout.buffer, draw_forked(snap, jobs, procs))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline import proc, runlock
 from pipeline.errors import Interrupted, PipelineError
-from pipeline.search import plots, space
+from pipeline.search import plot_server, space
 
 if TYPE_CHECKING:
     import optuna
@@ -429,20 +429,10 @@ def _message(err: BaseException) -> str:
 # ---- the coordinator ---------------------------------------------------------------------
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 def _set_pdeathsig() -> None:
     """In a worker: SIGTERM when the coordinator dies, so no worker outlives its search."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    proc.end_with_parent()
 
 
 def worker_command(loaded: LoadedSearch, *, trials: int | None, deadline: float | None,
@@ -475,7 +465,7 @@ def _forwarding(children: list[subprocess.Popen[bytes]]) -> Iterator[None]:
 
 def _run_workers(loaded: LoadedSearch, n: int, trials: int | None, deadline: float | None,
                  log: Log) -> None:  # fmt: skip
-    threads = max(1, _cores() // n)
+    threads = max(1, proc.cores() // n)
     env = {**os.environ, THREADS_ENV: str(threads), "OMP_NUM_THREADS": str(threads)}
     log(f"{loaded.name}: {n} workers, {threads} thread(s) each")
     children: list[subprocess.Popen[bytes]] = []
@@ -546,7 +536,7 @@ def run_search(
         if done:
             log(f"{loaded.name}: continuing the study in {loaded.storage}: {_counts(done)}")
         _prepare_base(loaded, log)
-        plots.warm()  # the report's drawing imports, made while the trials train
+        plot_server.warm()  # the report's drawing imports, made while the trials train
         interrupted: Interrupted | None = None
         try:
             if launch_workers is not None:
@@ -610,13 +600,10 @@ def _prepare_base(loaded: LoadedSearch, log: Log) -> None:
 
 def finish(loaded: LoadedSearch, study: optuna.Study, log: Log) -> dict[str, str]:
     """Write the report of the study as it stands and record its trials in DVC."""
-    import warnings
 
     from pipeline.search.report import write_report
 
-    with warnings.catch_warnings():  # matplotlib's note on a flat axis of a plot
-        warnings.simplefilter("ignore", UserWarning)
-        files = {k: str(v) for k, v in write_report(study, loaded).items()}
+    files = {k: str(v) for k, v in write_report(study, loaded).items()}
     record = _record_experiments(loaded, study, log)
     if record:
         files["dvc_experiments"] = ", ".join(record)

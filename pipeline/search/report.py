@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from pipeline.atomic import replacing, write_text
-from pipeline.search import plots, space
+from pipeline.search import plot_server, plots, space
 from pipeline.search.plots import (  # noqa: F401  (the plots' names, as report's)
     HISTORY,
     IMPORTANCES,
@@ -81,21 +81,13 @@ def _metrics(loaded: LoadedSearch) -> list[str]:
     return [o.metric for o in loaded.search.objectives]
 
 
-def _signed(study: optuna.Study, i: int) -> Callable[[Any], float]:
-    """Objective ``i`` of a trial, negated when it is maximized: lower is better."""
-    from optuna.study import StudyDirection
-
-    sign = -1.0 if study.directions[i] == StudyDirection.MAXIMIZE else 1.0
-    return lambda t: sign * t.values[i]
-
-
 def front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """The Pareto front of a study with several objectives (every best trial of one with one),
     best on the first objective first, then by number."""
     trials = study.best_trials
     if not trials:
         return []
-    first = _signed(study, 0)
+    first = plots.signed(study, 0)
     return sorted(trials, key=lambda t: (first(t), t.number))
 
 
@@ -113,7 +105,7 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
 def _ranked(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Complete trials, best first (several objectives: the front first, each part by the
     first objective)."""
-    first = _signed(study, 0)
+    first = plots.signed(study, 0)
     on_front = {t.number for t in front(study)} if len(study.directions) > 1 else set()
     return sorted(_complete(study), key=lambda t: (t.number not in on_front, first(t), t.number))
 
@@ -435,7 +427,7 @@ def write_report(study: optuna.Study, loaded: LoadedSearch) -> Report:
     report = Report()
     multi = _multi(loaded, study)
     drawn, skipped = plots.plan(study, multi)
-    drawing = plots.begin(plots.snapshot(study, _metrics(loaded)), drawn, folder)
+    drawing = plot_server.begin(plots.snapshot(study, _metrics(loaded)), drawn, folder)
     try:  # the other files, while the plots are drawn
         _write_tables(study, loaded, folder, report)
     finally:

@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from pipeline import proc
 from pipeline.errors import ConfigurationError, Interrupted, PipelineError
 
 RANK_ERRORS = "PIPELINE_RANK_ERRORS"
@@ -125,14 +126,6 @@ def _timeout() -> datetime.timedelta:
     return datetime.timedelta(seconds=float(os.environ.get("PIPELINE_DIST_TIMEOUT", "300")))
 
 
-def cores() -> int:
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 @contextlib.contextmanager
 def joined(world: World, device: torch.device) -> Iterator[torch.device]:
     """Join ``world``'s process group for the block (gloo on CPU, NCCL on CUDA) and give the
@@ -148,7 +141,7 @@ def joined(world: World, device: torch.device) -> Iterator[torch.device]:
     elif device.type == "cpu":
         backend = "gloo"
         if "OMP_NUM_THREADS" not in os.environ:  # the cores split between this machine's ranks
-            torch.set_num_threads(max(1, cores() // world.local_size))
+            torch.set_num_threads(max(1, proc.cores() // world.local_size))
     else:
         raise ConfigurationError(
             f"distributed training runs on cpu or cuda, not {device.type}; use train.device: "
@@ -290,7 +283,7 @@ def launch(
     saved = {k: os.environ.get(k) for k in names}
     handlers = _handlers()
     with tempfile.TemporaryDirectory(prefix="pipeline-ranks-") as folder:
-        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores() // nproc)))
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, proc.cores() // nproc)))
         os.environ[RANK_ERRORS] = folder
         os.environ["PIPELINE_ORCHESTRATION"] = "off"  # the ranks are this run, not new flows
         try:

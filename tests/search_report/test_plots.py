@@ -11,7 +11,7 @@ import numpy as np
 import optuna
 import pytest
 
-from pipeline.search import plots
+from pipeline.search import plot_server, plots
 from pipeline.search.plots import HISTORY, IMPORTANCES, INTERMEDIATE, PARALLEL, PARETO_FRONT
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -46,46 +46,46 @@ def test_the_drawing_process_draws_what_this_process_draws(study, tmp_path):
     assert drawn == [HISTORY, PARALLEL, IMPORTANCES, INTERMEDIATE] and not skipped
     snap = plots.snapshot(study, ["val_accuracy"])
 
-    plots.warm()
-    process = plots._server
+    plot_server.warm()
+    process = plot_server._server
     assert process is not None, "2 or more cores here: the plots are drawn in a process"
-    there = plots.draw_all(snap, drawn, tmp_path / "there")
-    assert plots._server is process and process.poll() is None  # it drew them, and waits
+    there = plot_server.draw_all(snap, drawn, tmp_path / "there")
+    assert plot_server._server is process and process.poll() is None  # it drew them, and waits
 
-    here = {name: plots._draw_here(snap, name, str(tmp_path / "here" / name)) for name in drawn}
+    here = {n: plot_server._draw_here(snap, n, str(tmp_path / "here" / n)) for n in drawn}
     assert there == here == dict.fromkeys(drawn)
     for name in drawn:
         assert np.array_equal(_pixels(tmp_path / "there" / name), _pixels(tmp_path / "here" / name))
 
-    plots.warm()  # the next search's report: the same process, drawing again
-    assert plots._server is process
-    assert plots.draw_all(snap, [HISTORY], tmp_path / "again") == {HISTORY: None}
+    plot_server.warm()  # the next search's report: the same process, drawing again
+    assert plot_server._server is process
+    assert plot_server.draw_all(snap, [HISTORY], tmp_path / "again") == {HISTORY: None}
     _pixels(tmp_path / "again" / HISTORY)
 
 
 def test_plots_are_drawn_here_when_the_drawing_process_is_gone(study, tmp_path):
     drawn, _ = plots.plan(study, multi=False)
-    plots.warm()
-    process = plots._server
+    plot_server.warm()
+    process = plot_server._server
     assert process is not None
     process.kill()
     process.wait()
-    results = plots.draw_all(plots.snapshot(study, ["val_accuracy"]), drawn, tmp_path)
+    results = plot_server.draw_all(plots.snapshot(study, ["val_accuracy"]), drawn, tmp_path)
     assert results == dict.fromkeys(drawn)
     for name in drawn:
         _pixels(tmp_path / name)
-    assert plots._server is None  # given up; the next search starts another
-    plots.warm()
-    assert plots._server is not None and plots._server.pid != process.pid
+    assert plot_server._server is None  # given up; the next search starts another
+    plot_server.warm()
+    assert plot_server._server is not None and plot_server._server.pid != process.pid
 
 
 def test_a_plot_optuna_cannot_draw_comes_back_with_its_reason(study, tmp_path):
-    plots.warm()
-    results = plots.draw_all(
+    plot_server.warm()
+    results = plot_server.draw_all(
         plots.snapshot(study, ["val_accuracy"]), [HISTORY, PARETO_FRONT], tmp_path
     )
     assert results[HISTORY] is None and (tmp_path / HISTORY).is_file()
     assert results[PARETO_FRONT].startswith("Optuna could not draw it:")
     assert "objective" in results[PARETO_FRONT]
     assert not (tmp_path / PARETO_FRONT).exists()
-    assert plots._server is not None and plots._server.poll() is None
+    assert plot_server._server is not None and plot_server._server.poll() is None

@@ -114,6 +114,13 @@ def _create(
             ) from err
 
 
+def first_convs(model: nn.Module) -> list[str]:
+    """The names of a timm model's input convolutions (its ``pretrained_cfg["first_conv"]``:
+    one, or several)."""
+    first = model.pretrained_cfg.get("first_conv")
+    return [first] if isinstance(first, str) else list(first or ())
+
+
 def _adapt_first_conv(
     model: nn.Module, state: dict[str, torch.Tensor], channels: int
 ) -> dict[str, torch.Tensor]:
@@ -122,8 +129,7 @@ def _adapt_first_conv(
     over RGB for one channel, repeated and rescaled for more)."""
     from timm.models import adapt_input_conv
 
-    first = model.pretrained_cfg.get("first_conv")
-    for conv in [first] if isinstance(first, str) else first or ():
+    for conv in first_convs(model):
         key = f"{conv}.weight"
         weight = state.get(key)
         if weight is not None and weight.dim() == 4 and weight.shape[1] != channels:

@@ -18,7 +18,7 @@ import timm
 import torch
 from torch import nn
 
-from pipeline.model.timm_backbones import block_names
+from pipeline.model.timm_backbones import block_names, first_convs
 from pipeline.spec.timm_table import TABLE_FILE, TABLE_NAMES, TableError
 
 STEPS = {"halve": lambda h: h // 2, "stride2": lambda h: (h - 1) // 2 + 1}
@@ -105,12 +105,8 @@ def _activations_per_pixel(net: nn.Module, side: int = 64) -> float:
 def _first_conv_per_channel(net: nn.Module) -> int:
     """Parameters of the first convolution(s) per input channel: what ``in_chans`` other than
     3 adds or takes away."""
-    first = net.pretrained_cfg.get("first_conv")
-    total = 0
-    for conv in [first] if isinstance(first, str) else first or ():
-        weight = net.get_submodule(conv).weight
-        total += weight.numel() // weight.shape[1]
-    return total
+    weights = [net.get_submodule(conv).weight for conv in first_convs(net)]
+    return sum(w.numel() // w.shape[1] for w in weights)
 
 
 def entry(name: str) -> dict[str, Any]:

@@ -16,20 +16,19 @@ CONNECT_TIMEOUT_S = 5.0
 def folder_problem(folder: Path) -> str | None:
     """Why ``folder`` can neither be used nor made (nothing is created); None when it can."""
     path = Path(os.path.abspath(folder))
-    if path.exists():
-        if not path.is_dir():
-            return f"{path} is a file, not a folder"
-        if not os.access(path, os.W_OK | os.X_OK):
-            return f"the folder {path} is not writable"
-        return None
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                return f"{parent} is a file, so no folder can be made inside it"
-            if not os.access(parent, os.W_OK | os.X_OK):
-                return f"the folder {parent} is not writable, so {path} cannot be made in it"
-            return None
-    return f"none of the folders above {path} exists"
+    place = next((p for p in (path, *path.parents) if p.exists()), None)
+    if place is None:
+        return f"none of the folders above {path} exists"
+    made = place != path  # the folder to make it in
+    if not place.is_dir():
+        return f"{place} is a file, " + (
+            "so no folder can be made inside it" if made else "not a folder"
+        )
+    if not os.access(place, os.W_OK | os.X_OK):
+        return f"the folder {place} is not writable" + (
+            f", so {path} cannot be made in it" if made else ""
+        )
+    return None
 
 
 def file_problem(file: Path) -> str | None:

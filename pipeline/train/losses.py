@@ -137,7 +137,7 @@ def softmax_focal_loss(logits: torch.Tensor, y: torch.Tensor, gamma: float) -> t
 def _focal(o: LossOptions) -> LossFn:
     def focal(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if o.multi_label:  # a sigmoid focal loss per output, on multi-hot (or mixed) rows
-            target = y.to(logits.dtype).view_as(logits)
+            target = _binary_target(logits, y, 0.0)
             return sigmoid_focal_loss(logits, target, alpha=-1, gamma=o.gamma, reduction="mean")
         hard(y, "the focal loss")
         if o.outputs == 1:  # alpha=-1: no built-in alpha, the class weights are the alpha
